@@ -1,0 +1,217 @@
+"""Finding and labelling the X-rays of a data set, and serving them to torch.
+
+:func:`scan_dataset` understands four layouts of a source (the label scheme is ``binary``, ``three-class`` or ``tb``):
+
+(a) a folder with class folders (``NORMAL/``, ``PNEUMONIA/``, ...): split = the folder's own name;
+(b) a folder of split folders (``train/``, ``val/``, any name) each holding class folders, as Kaggle ships it:
+    split = the class folder's parent;
+(c) a flat folder whose file names carry the label (``lung_masks/images`` with ``tb``): split = the folder's name;
+(d) a CSV manifest ``path,label[,patient_id][,split]``: relative paths are resolved against the CSV's folder; a
+    missing split is the CSV's stem.
+
+In a folder, an image's class folder is the deepest folder above it named like a class of any scheme (NORMAL,
+PNEUMONIA, BACTERIA, VIRUS, TUBERCULOSIS; any case); the class comes from it if it is a class of the scheme asked
+for, else from the file name (:func:`~lungscope.data.labels.label_for`). The patient is parsed from the file name;
+a name that carries none (not a Kermany or Montgomery/Shenzhen name) is taken as its own patient under its file
+stem: one image, one patient. Files with the same stem are then one patient, which errs on the safe side
+(never splits a true patient across train and test).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal, overload
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from lungscope.data.io import IMAGE_SUFFIXES, is_image_candidate, read_image
+from lungscope.data.labels import CLASS_NAMES, canonical_label, classes_for, label_for, patient_id
+from lungscope.data.splits import load_manifest
+from lungscope.errors import DatasetError
+
+Skipped = list[dict[str, str]]
+
+_EXAMPLES = 3  # files named in an error message
+
+
+def _ignored(name: str) -> bool:
+    """Hidden entries and the ``__MACOSX`` folders that macOS puts in zip files (their ``._*.jpeg`` are not images)."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def _link_problem(link: Path, tree: Path) -> str | None:
+    """Why a symlink is not followed (its target is outside ``tree`` or missing), or None."""
+    target = link.resolve()
+    if not target.is_relative_to(tree):
+        return f"symlink points outside {tree} (to {target}): not followed"
+    if not target.exists():
+        return f"broken symlink (to {target})"
+    return None
+
+
+def find_images(root: str | os.PathLike[str]) -> tuple[list[Path], Skipped]:
+    """Every image file below ``root`` (by :func:`~lungscope.data.io.is_image_candidate`), sorted, and what was skipped.
+
+    Hidden entries and ``__MACOSX`` folders are ignored. A symlink is followed only to a file inside ``root``;
+    one pointing outside ``root`` (file or folder) or to nothing is skipped and reported as
+    ``{"path": ..., "error": ...}``. Links to folders inside ``root`` are not entered: their targets are scanned anyway.
+    """
+    root = Path(root).absolute()
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such folder")
+    tree = root.resolve()
+    images: list[Path] = []
+    skipped: Skipped = []
+    # os.walk (followlinks=False) lists linked folders among ``dirs`` but never enters them.
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not _ignored(d)]
+        for name in dirs:
+            if (link := Path(folder, name)).is_symlink() and (problem := _link_problem(link, tree)):
+                skipped.append({"path": str(link), "error": problem})
+        for name in files:
+            path = Path(folder, name)
+            if _ignored(name):
+                continue
+            if path.is_symlink() and (problem := _link_problem(path, tree)):
+                skipped.append({"path": str(path), "error": problem})
+            elif is_image_candidate(path):
+                images.append(path)
+    return sorted(images), sorted(skipped, key=lambda s: s["path"])
+
+
+def _class_folder(folders: Sequence[str]) -> int | None:
+    """Index of the deepest folder named like a class of any scheme, or None."""
+    for index in range(len(folders) - 1, -1, -1):
+        if folders[index].upper() in CLASS_NAMES:
+            return index
+    return None
+
+
+def _problems(source: Path, problems: Skipped, total: int, what: str, strict: bool) -> Skipped:
+    """Raise DatasetError naming a few of the unusable files when strict; else return them for the report."""
+    if problems and strict:
+        examples = ", ".join(p["path"] for p in problems[:_EXAMPLES])
+        raise DatasetError(f"{source}: {len(problems)} of {total} files {what}, e.g. {examples}")
+    return problems
+
+
+def _frame(rows: list[tuple[str, str, str, str]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["path", "label", "patient_id", "split"], dtype=object)
+
+
+def _scan_folder(root: Path, scheme: str, strict: bool) -> tuple[pd.DataFrame, Skipped]:
+    paths, skipped = find_images(root)
+    if not paths:
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise DatasetError(f"{root}: no images found (files ending {suffixes}, or DICOM without a suffix)")
+    root = root.absolute()
+    no_label = f"no {scheme} label: neither a class folder ({', '.join(classes_for(scheme))}) nor the file name tells"
+    rows, unlabelled = [], []
+    for path in paths:
+        folders = path.relative_to(root).parts[:-1]
+        at = _class_folder(folders)
+        label = label_for(path, scheme, None if at is None else folders[at])
+        if label is None:
+            unlabelled.append({"path": str(path), "error": no_label})
+            continue
+        split = folders[at - 1] if at is not None and at > 0 else root.name
+        rows.append((str(path), label, patient_id(path) or path.stem, split))
+    return _frame(rows), skipped + _problems(root, unlabelled, len(paths), f"have {no_label}", strict)
+
+
+def _scan_manifest(csv: Path, scheme: str, strict: bool) -> tuple[pd.DataFrame, Skipped]:
+    table = load_manifest(csv, required=("path", "label"))
+    if table.empty:
+        raise DatasetError(f"{csv}: the manifest has no rows")
+    labels = [canonical_label(value, scheme) for value in table["label"]]
+    if bad := [i for i, label in enumerate(labels) if label is None]:
+        more = f" (and {len(bad) - 1} more rows)" if len(bad) > 1 else ""
+        raise DatasetError(
+            f"{csv}: line {bad[0] + 2}: unknown label {table['label'].iloc[bad[0]]!r}{more}; "
+            f"valid {scheme} classes: {', '.join(classes_for(scheme))}"
+        )
+    patients = table["patient_id"] if "patient_id" in table.columns else [""] * len(table)
+    splits = table["split"] if "split" in table.columns else [""] * len(table)
+    rows, missing = [], []
+    for path, label, patient, split in zip(table["path"], labels, patients, splits):
+        if not os.path.isfile(path):
+            missing.append({"path": path, "error": "file not found"})
+            continue
+        rows.append((path, label, patient or patient_id(path) or Path(path).stem, split or csv.stem))
+    return _frame(rows), _problems(csv, missing, len(table), "listed do not exist", strict)
+
+
+@overload
+def scan_dataset(
+    source: str | os.PathLike[str], labels: str = ..., *, strict: bool = ..., with_skipped: Literal[False] = ...
+) -> pd.DataFrame: ...
+@overload
+def scan_dataset(
+    source: str | os.PathLike[str], labels: str = ..., *, strict: bool = ..., with_skipped: Literal[True]
+) -> tuple[pd.DataFrame, Skipped]: ...
+def scan_dataset(
+    source: str | os.PathLike[str], labels: str = "binary", *, strict: bool = True, with_skipped: bool = False
+) -> pd.DataFrame | tuple[pd.DataFrame, Skipped]:
+    """The images of a folder or CSV manifest (see the module docstring) as a frame: path, label, patient_id, split.
+
+    No image is decoded. Raises ConfigError for an unknown scheme and DatasetError for a missing source, a folder
+    without images, a manifest without ``path``/``label`` columns or with a label outside the scheme, and when no
+    file is left. Files that cannot be used (no label from folder or name; a manifest row whose file is missing)
+    raise DatasetError naming a few when ``strict``; otherwise they are left out and, like symlinks pointing
+    outside the folder (always skipped), returned as ``{"path", "error"}`` dicts when ``with_skipped``.
+    """
+    classes_for(labels)
+    source = Path(os.path.abspath(source))  # absolute and without "..", but symlinks kept as the user named them
+    if source.is_dir():
+        frame, skipped = _scan_folder(source, labels, strict)
+    elif source.is_file() and source.suffix.lower() == ".csv":
+        frame, skipped = _scan_manifest(source, labels, strict)
+    elif source.exists():
+        raise DatasetError(f"{source}: neither a folder nor a CSV manifest (.csv)")
+    else:
+        raise DatasetError(f"{source}: no such folder or CSV manifest")
+    if frame.empty:
+        example = skipped[-1]  # the unusable files come after the symlinks
+        raise DatasetError(
+            f"{source}: no usable images for the {labels} labels, e.g. {example['path']}: {example['error']}"
+        )
+    return (frame, skipped) if with_skipped else frame
+
+
+class XRayDataset(Dataset[tuple[torch.Tensor, int]]):
+    """The images of a frame (columns ``path``, ``label``) as ``(tensor, class index)`` pairs, read on access.
+
+    Without ``transform`` the tensor is the ``(1, H, W)`` float32 image in [0, 1]; with one, ``transform(pixels)``
+    of the 2-D array. ``targets`` holds every class index (for samplers and class weights).
+    """
+
+    def __init__(
+        self,
+        frame: pd.DataFrame,
+        classes: Sequence[str],
+        transform: Callable[[np.ndarray], torch.Tensor] | None = None,
+    ) -> None:
+        if missing := [c for c in ("path", "label") if c not in frame.columns]:
+            raise DatasetError(f"dataset frame lacks column(s) {', '.join(missing)}")
+        self.classes = tuple(classes)
+        index = {name: i for i, name in enumerate(self.classes)}
+        if unknown := sorted(set(frame["label"]) - set(index), key=str):
+            names = ", ".join(map(repr, unknown))
+            raise DatasetError(f"label(s) {names} not among the classes {', '.join(self.classes)}")
+        # Plain lists, not the frame: cheap to index and to copy into DataLoader workers.
+        self.paths: list[str] = frame["path"].astype(str).tolist()
+        self.targets: list[int] = [index[label] for label in frame["label"]]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        pixels = read_image(self.paths[i]).pixels
+        image = torch.from_numpy(pixels)[None] if self.transform is None else self.transform(pixels)
+        return image, self.targets[i]

@@ -1,0 +1,261 @@
+"""Preprocessing and augmentation of chest X-rays, and class balancing for training.
+
+Every pipeline takes the 2-D float32 array in [0, 1] that :func:`lungscope.data.io.read_image` returns and gives a
+float32 tensor ``(channels, S, S)``: to tensor -> (CLAHE) -> resize -> (augment) -> normalise -> repeat channels.
+Random steps use torchvision.transforms.v2, hence torch's RNG: ``torch.manual_seed`` makes them reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
+
+import cv2
+import numpy as np
+import torch
+from sklearn.utils.class_weight import compute_class_weight
+from torch.utils.data import WeightedRandomSampler
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from lungscope.errors import ConfigError, DatasetError
+
+RESIZE_MODES = ("squash", "pad")
+
+ImageT = TypeVar("ImageT", np.ndarray, torch.Tensor)
+
+
+class Clahe:
+    """Contrast-limited adaptive histogram equalisation (OpenCV) of a float [0, 1] image.
+
+    Takes and returns the same type and shape: a numpy array or tensor, ``(H, W)`` or ``(1, H, W)``, values in [0, 1].
+
+    Works at 8-bit precision. OpenCV scales ``clip_limit`` by tile pixels / histogram bins, so at 16 bits
+    (65,536 bins) the usual 2.0 floors to one count per bin and the result is nearly the input; and whether the limit
+    bites at all would depend on the bit depth the file came with. At 8 bits ``clip_limit`` means what it means
+    in the literature for every source; the cost is that 12/16-bit DICOM is quantised to 256 levels here.
+    """
+
+    def __init__(self, clip_limit: float = 2.0, tile_grid: int = 8) -> None:
+        if not clip_limit > 0:
+            raise ConfigError(f"CLAHE clip_limit must be > 0, got {clip_limit}")
+        if tile_grid < 1:
+            raise ConfigError(f"CLAHE tile_grid must be >= 1, got {tile_grid}")
+        self.clip_limit = float(clip_limit)
+        self.tile_grid = int(tile_grid)
+
+    def __call__(self, image: ImageT) -> ImageT:
+        pixels = image.numpy(force=True) if isinstance(image, torch.Tensor) else np.asarray(image)
+        plane = pixels.reshape(pixels.shape[-2:])
+        as_bytes = np.rint(np.clip(plane, 0.0, 1.0) * 255).astype(np.uint8)
+        # A cv2.CLAHE object cannot be pickled (DataLoader workers under spawn); creating one per call is cheap.
+        clahe = cv2.createCLAHE(clipLimit=self.clip_limit, tileGridSize=(self.tile_grid, self.tile_grid))
+        result = (clahe.apply(as_bytes).astype(np.float32) / 255).reshape(pixels.shape)
+        return torch.from_numpy(result) if isinstance(image, torch.Tensor) else result
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(clip_limit={self.clip_limit}, tile_grid={self.tile_grid})"
+
+
+class ResizeImage:
+    """Resize a ``(C, H, W)`` tensor to ``(C, size, size)``, antialiased (bilinear).
+
+    ``"squash"`` ignores the aspect ratio; ``"pad"`` keeps it, scaling the longer side to ``size`` and
+    letterboxing the shorter one with zeros (black), the image centred.
+    """
+
+    def __init__(self, size: int, mode: str = "squash") -> None:
+        if not isinstance(size, int) or size < 1:
+            raise ConfigError(f"image size must be a positive integer, got {size!r}")
+        if mode not in RESIZE_MODES:
+            raise ConfigError(f"unknown resize mode {mode!r}; expected one of {', '.join(RESIZE_MODES)}")
+        self.size = int(size)
+        self.mode = mode
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if self.mode == "squash":
+            return F.resize(image, [self.size, self.size], antialias=True)
+        fitted = F.resize(image, None, max_size=self.size, antialias=True)
+        return F.center_crop(fitted, [self.size, self.size])  # a crop larger than the image pads it with zeros
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size}, mode={self.mode!r})"
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random augmentation for training, applied after resizing and before normalisation.
+
+    rotation: maximum rotation in degrees, either way. scale: zoom range (low, high). shift: maximum translation as a
+    fraction of width/height. brightness, contrast: jitter strength, the factor drawn from [1 - x, 1 + x].
+    hflip is off by default: a horizontally flipped chest X-ray puts the heart on the wrong side (dextrocardia),
+    an anatomy the model should not learn as normal; turn it on only if you know why.
+    """
+
+    rotation: float = 10.0
+    scale: tuple[float, float] = (0.9, 1.1)
+    shift: float = 0.1
+    hflip: bool = False
+    brightness: float = 0.1
+    contrast: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rotation <= 180:
+            raise ConfigError(f"augment rotation must be within [0, 180] degrees, got {self.rotation}")
+        scale = tuple(self.scale)
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+            raise ConfigError(f"augment scale must be (low, high) with 0 < low <= high, got {self.scale}")
+        object.__setattr__(self, "scale", (float(scale[0]), float(scale[1])))  # a YAML list becomes a tuple
+        if not 0 <= self.shift <= 1:
+            raise ConfigError(f"augment shift must be a fraction within [0, 1], got {self.shift}")
+        for name in ("brightness", "contrast"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"augment {name} must be within [0, 1], got {getattr(self, name)}")
+
+    def transforms(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        """The torchvision v2 steps this configuration describes."""
+        steps: list[Callable[[torch.Tensor], torch.Tensor]] = [
+            v2.RandomAffine(
+                degrees=self.rotation,
+                translate=(self.shift, self.shift),
+                scale=self.scale,
+                interpolation=v2.InterpolationMode.BILINEAR,
+                fill=0.0,
+            )
+        ]
+        if self.hflip:
+            steps.append(v2.RandomHorizontalFlip(p=0.5))
+        steps.append(v2.ColorJitter(brightness=self.brightness, contrast=self.contrast))
+        return steps
+
+
+def _to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """The ``(1, H, W)`` float32 tensor of a 2-D image array (a copy: the caller's array is never touched)."""
+    array = np.asarray(pixels)
+    if array.ndim != 2 or array.size == 0:
+        raise ValueError(f"expected a non-empty 2-D grayscale image array, got shape {array.shape}")
+    return torch.tensor(array, dtype=torch.float32).unsqueeze(0)
+
+
+def _repeat_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+    return image.repeat(channels, 1, 1)
+
+
+def build_preprocess(image_size: int, *, resize: str = "squash", clahe: bool = False) -> v2.Compose:
+    """The deterministic part: a 2-D float [0, 1] array to a ``(1, image_size, image_size)`` tensor in [0, 1].
+
+    Its output can be cached across epochs (see :class:`lungscope.data.datasets.XRayDataset`).
+    """
+    steps: list[Callable[[torch.Tensor], torch.Tensor]] = [_to_tensor]
+    if clahe:
+        steps.append(Clahe())
+    steps.append(ResizeImage(image_size, resize))
+    return v2.Compose(steps)
+
+
+def build_augment_normalise(
+    *,
+    train: bool,
+    augment: AugmentConfig | None = None,
+    mean: float = 0.5,
+    std: float = 0.25,
+    channels: int = 1,
+) -> v2.Compose:
+    """The per-epoch part: (training only) augmentation, then ``(x - mean) / std``, then ``channels`` copies."""
+    if not std > 0:
+        raise ConfigError(f"normalisation std must be > 0, got {std}")
+    if channels < 1:
+        raise ConfigError(f"channels must be >= 1, got {channels}")
+    steps: list[Callable[[torch.Tensor], torch.Tensor]] = []
+    if train:
+        steps.extend((augment or AugmentConfig()).transforms())
+    steps.append(v2.Normalize(mean=[float(mean)], std=[float(std)]))
+    if channels > 1:
+        steps.append(partial(_repeat_channels, channels=channels))  # a closure would not pickle for workers
+    return v2.Compose(steps)
+
+
+def build_transforms(
+    image_size: int,
+    *,
+    train: bool,
+    resize: str = "squash",
+    clahe: bool = False,
+    augment: AugmentConfig | None = None,
+    mean: float = 0.5,
+    std: float = 0.25,
+    channels: int = 1,
+) -> Callable[[np.ndarray], torch.Tensor]:
+    """The pipeline from a 2-D float [0, 1] array to a normalised float32 tensor ``(channels, image_size, image_size)``:
+    :func:`build_preprocess` then :func:`build_augment_normalise`.
+
+    ``train=True`` augments (with ``augment``, or ``AugmentConfig()`` if None); ``train=False`` is deterministic and
+    ignores ``augment``. Normalisation is ``(x - mean) / std``; the single channel is then repeated ``channels`` times
+    (3 for ImageNet-pretrained backbones).
+    """
+    tail = build_augment_normalise(train=train, augment=augment, mean=mean, std=std, channels=channels)
+    return v2.Compose([build_preprocess(image_size, resize=resize, clahe=clahe), tail])
+
+
+def _label_indices(labels: Sequence[str] | Sequence[int], classes: Sequence[str]) -> np.ndarray:
+    """Each label's index in ``classes``; labels are class names or indices into ``classes``."""
+    classes = list(classes)
+    if not classes:
+        raise ConfigError("no classes given")
+    if len(set(classes)) != len(classes):
+        raise ConfigError(f"duplicate class names in {classes}")
+    if len(labels) == 0:
+        raise DatasetError("no labels: the training set is empty")
+    position = {name: i for i, name in enumerate(classes)}
+    indices = []
+    for label in labels:
+        if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
+            index = int(label)
+            if not 0 <= index < len(classes):
+                raise DatasetError(f"label index {index} is out of range for classes {classes}")
+        elif label in position:
+            index = position[label]
+        else:
+            raise DatasetError(f"unknown label {label!r}; expected one of {classes}")
+        indices.append(index)
+    indices_array = np.asarray(indices)
+    counts = np.bincount(indices_array, minlength=len(classes))
+    missing = [name for name, count in zip(classes, counts) if count == 0]
+    if missing:
+        # A class without examples cannot be weighted (sklearn refuses, n / 0) nor learnt: a wrong folder or list.
+        raise DatasetError(f"no examples of class {', '.join(map(repr, missing))} among {len(labels)} labels")
+    return indices_array
+
+
+def _balanced(indices: np.ndarray, n_classes: int) -> np.ndarray:
+    return compute_class_weight("balanced", classes=np.arange(n_classes), y=indices)
+
+
+def class_weights(labels: Sequence[str] | Sequence[int], classes: Sequence[str]) -> torch.Tensor:
+    """Per-class loss weights, in ``classes`` order: sklearn's 'balanced', ``n_samples / (n_classes * count)``.
+
+    Raises DatasetError if a label is not among ``classes`` or a class has no labels.
+    """
+    weights = _balanced(_label_indices(labels, classes), len(classes))
+    return torch.as_tensor(weights, dtype=torch.float32)
+
+
+def weighted_sampler(
+    labels: Sequence[str] | Sequence[int],
+    classes: Sequence[str],
+    *,
+    num_samples: int | None = None,
+    seed: int = 0,
+) -> WeightedRandomSampler:
+    """A sampler drawing ``num_samples`` (default: ``len(labels)``) indices with replacement, classes equally likely.
+
+    Its generator is seeded: the same seed gives the same sequence of epochs.
+    """
+    if num_samples is not None and num_samples < 1:
+        raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
+    indices = _label_indices(labels, classes)
+    per_sample = torch.as_tensor(_balanced(indices, len(classes))[indices])
+    generator = torch.Generator().manual_seed(seed)
+    return WeightedRandomSampler(per_sample, num_samples or len(labels), replacement=True, generator=generator)

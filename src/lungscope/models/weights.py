@@ -1,0 +1,107 @@
+"""Pretrained weights: read a local state dict, fetch torchvision's ImageNet weights, fit either to a model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torchvision.models import get_model, get_model_weights
+
+from lungscope.errors import ConfigError
+from lungscope.models.layers import first_conv_layer, named_classifier_head
+
+_SHOWN = 3  # keys named per kind of problem in an error message
+
+
+def _one_line(exc: BaseException) -> str:
+    """First line of an exception's message (torch's messages run over many lines), or its type name."""
+    reason = getattr(exc, "reason", exc)  # URLError keeps the cause in .reason
+    lines = str(reason).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Tensors of a ``torch.save``-d state dict, or of the ``"model"`` entry of a lungscope checkpoint dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such weights file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    # torch.load raises whatever its unpickler meets (EOFError, KeyError, UnpicklingError, RuntimeError...).
+    except Exception as exc:
+        raise ConfigError(f"{path}: not a PyTorch weights file ({_one_line(exc)})") from exc
+    if isinstance(data, Mapping) and isinstance(data.get("model"), Mapping):
+        data = data["model"]
+    if not (
+        isinstance(data, Mapping)
+        and data
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items())
+    ):
+        raise ConfigError(f"{path}: not a state dict (a mapping of names to tensors, or a dict with key 'model')")
+    return dict(data)
+
+
+def imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
+    """torchvision's default ImageNet weights for ``arch`` (3 channels, 1000 classes), from the hub cache if there.
+
+    torchvision downloads through ``torch.hub.load_state_dict_from_url`` into ``$TORCH_HOME/hub/checkpoints``
+    and reads that file, offline, when it is already there. The network is built by torchvision so that its own
+    fix-ups of old checkpoints apply (DenseNet's renamed keys).
+    """
+    weights = get_model_weights(arch).DEFAULT
+    try:
+        return get_model(arch, weights=weights, progress=True).state_dict()
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError; a bad hash or a corrupt file a RuntimeError
+        file_name = Path(urlparse(weights.url).path).name
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        raise ConfigError(
+            f"could not download ImageNet weights for {arch} ({_one_line(exc)}); "
+            f"put {file_name} in {cache} or pass pretrained=PATH to a local state dict"
+        ) from exc
+
+
+def _listed(label: str, items: list[str]) -> str:
+    more = f" (+{len(items) - _SHOWN} more)" if len(items) > _SHOWN else ""
+    return f"{label} {', '.join(items[:_SHOWN])}{more}"
+
+
+def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str, model_name: str) -> None:
+    """Load ``state`` into ``model``, adapting the two layers transfer learning changes.
+
+    - first convolution: 3-channel weights feed a 1-channel model by summing the kernels over the input channels
+      (a grey image replicated to RGB gives the same response);
+    - classifier head: weights whose shape differs (another number of classes) are dropped, the model's new head is
+      kept; a state dict without a head (a backbone only) is fine too.
+    Any other missing, unexpected or differently shaped key raises :class:`ConfigError` naming a few.
+    """
+    target = model.state_dict()
+    conv_key = f"{first_conv_layer(model)[0]}.weight"
+    head_name = named_classifier_head(model)[0]
+    head_keys = {f"{head_name}.weight", f"{head_name}.bias"}
+    fitted = dict(target)
+    unexpected: list[str] = []
+    mismatched: list[str] = []
+    for key, value in state.items():
+        if key not in target:
+            unexpected.append(key)
+            continue
+        want = target[key].shape
+        if value.shape == want:
+            fitted[key] = value
+        elif key == conv_key and value.dim() == 4 and value.shape[1] == 3 and want == value[:, :1].shape:
+            fitted[key] = value.sum(dim=1, keepdim=True)
+        elif key not in head_keys:
+            mismatched.append(f"{key} {tuple(value.shape)} != {tuple(want)}")
+    # Checkpoints older than BatchNorm's batch counter lack num_batches_tracked; the model's value is kept.
+    missing = [k for k in target if k not in state and k not in head_keys and not k.endswith("num_batches_tracked")]
+    problems = [
+        _listed(label, keys)
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched))
+        if keys
+    ]
+    if problems:
+        raise ConfigError(f"{source} does not fit {model_name}: {'; '.join(problems)}")
+    model.load_state_dict(fitted)

@@ -1,0 +1,108 @@
+"""The training configuration: one dataclass, read from YAML, overridden by flags, written back into the run."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lungscope.errors import ConfigError
+
+_CHOICES = {
+    "optimizer": ("adam", "sgd"),
+    "scheduler": ("none", "plateau", "cosine"),
+    "sampler": ("none", "weighted"),
+    "resize": ("squash", "pad"),
+    "monitor": ("val_auc", "val_loss", "val_accuracy"),
+    "labels": ("binary", "three-class", "tb"),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a training run. ``None`` for ``image_size`` means the model's own input size."""
+
+    data: str = ""
+    model: str = "shallow-cnn"
+    out: str = ""
+    labels: str = "binary"
+    manifest: str | None = None  # an existing split manifest (path,label,patient_id,split) instead of a new split
+    model_options: dict[str, Any] = field(default_factory=dict)
+    pretrained: str | None = None
+    image_size: int | None = None
+    resize: str = "squash"
+    clahe: bool = False
+    augment: bool = True
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    scheduler: str = "plateau"
+    plateau_factor: float = 0.1
+    plateau_patience: int = 2
+    early_stopping: int = 0  # epochs without improvement before stopping; 0 = off
+    monitor: str = "val_auc"
+    class_weights: bool = False
+    sampler: str = "none"
+    freeze_epochs: int = 0  # two-stage fine-tuning: train only the new head for this many epochs
+    finetune_lr: float | None = None  # stage-two learning rate (default lr / 10)
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    limit: int | None = None  # use at most this many images (a stratified, patient-grouped subset): quick runs
+    seed: int = 0
+    workers: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for key, allowed in _CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
+        for key, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"{key} must be positive, not {value}")
+        if self.image_size is not None and self.image_size < 8:
+            raise ConfigError(f"image_size must be at least 8, not {self.image_size}")
+        for key in ("val_fraction", "test_fraction"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be in [0, 1), not {getattr(self, key)}")
+        if self.val_fraction == 0 and self.manifest is None:
+            raise ConfigError("val_fraction must be above 0: early stopping, the best checkpoint and the threshold need it")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a mapping, naming any unknown key."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key(s): {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+        try:
+            return cls(**values)
+        except TypeError as error:
+            raise ConfigError(str(error)) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """Read a YAML file; ``overrides`` that are not ``None`` win over the file."""
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({error})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of options, got {type(values).__name__}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))

@@ -1,0 +1,275 @@
+"""A training run: data, split, model, optimiser and schedule, the epoch loop, and the run folder it writes.
+
+A run folder holds ``config.yaml`` (the resolved config), ``split.csv`` (the patient-grouped split manifest),
+``metrics.csv`` (a row per epoch), ``curves.png``, ``best.pt`` (weights and config of the best epoch), ``last.pt``
+(everything needed to resume) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from lungscope.data.datasets import scan_dataset
+from lungscope.data.labels import classes_for
+from lungscope.data.splits import load_manifest, save_manifest, split_by_patient, subsample_by_patient
+from lungscope.data.transforms import build_augment_normalise, build_preprocess, class_weights, weighted_sampler
+from lungscope.errors import ConfigError, DatasetError
+from lungscope.models import classifier_head, create_model, get_spec
+from lungscope.progress import progress_bar
+from lungscope.training.checkpoint import load_checkpoint, save_checkpoint, select_device
+from lungscope.training.config import TrainConfig
+from lungscope.training.curves import plot_curves
+from lungscope.training.data import AugmentedImages, preload
+from lungscope.training.engine import predict, train_one_epoch, validation_metrics
+
+METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_auc", "lr", "seconds"]
+
+
+@dataclass
+class _Progress:
+    """What the loop carries from epoch to epoch, and what ``last.pt`` must restore."""
+
+    epoch: int = 0  # epochs completed
+    best: float = math.nan
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    seconds: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch; on the CPU this makes a run repeat exactly."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _split_frame(config: TrainConfig):
+    if config.manifest:
+        frame = load_manifest(config.manifest)
+        missing = {"train", "val"} - set(frame["split"])
+        if missing:
+            raise DatasetError(f"{config.manifest}: the manifest has no {' or '.join(sorted(missing))} rows")
+        return frame
+    frame = scan_dataset(config.data, labels=config.labels)
+    if config.limit:
+        frame = subsample_by_patient(frame, config.limit, seed=config.seed)
+    return split_by_patient(frame, val=config.val_fraction, test=config.test_fraction, seed=config.seed)
+
+
+def _improved(value: float, best: float, monitor: str) -> bool:
+    if math.isnan(value):
+        return False
+    if math.isnan(best):
+        return True
+    return value < best if monitor == "val_loss" else value > best
+
+
+class Trainer:
+    """Trains one model as :class:`TrainConfig` says and writes the run folder. ``fit()`` runs it."""
+
+    def __init__(self, config: TrainConfig, *, resume: bool = False, progress: bool | None = None) -> None:
+        """``resume=True`` continues the run in ``config.out`` (load its ``config.yaml`` with :func:`resume_config`)."""
+        self.out = Path(config.out)
+        if not config.out:
+            raise ConfigError("an output folder (--out RUN_DIR) is required")
+        if resume:
+            if not (self.out / "last.pt").is_file():
+                raise ConfigError(f"{self.out}: nothing to resume (no last.pt)")
+        elif (self.out / "last.pt").exists():
+            raise ConfigError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+        self.config, self.resume, self.show = config, resume, progress
+        self.device = select_device(config.device)
+        self.classes = list(classes_for(config.labels))
+        self.image_size = config.image_size or get_spec(config.model).input_size
+
+    # -- set-up -------------------------------------------------------------------------------------------------
+    def _data(self) -> tuple[AugmentedImages, AugmentedImages]:
+        c = self.config
+        frame = load_manifest(self.out / "split.csv") if self.resume else _split_frame(c)
+        if not self.resume:
+            save_manifest(frame, self.out / "split.csv")
+        preprocess = build_preprocess(self.image_size, resize=c.resize, clahe=c.clahe)
+        sets = []
+        for split, train in (("train", True), ("val", False)):
+            part = frame[frame["split"] == split].reset_index(drop=True)
+            if part.empty:
+                raise DatasetError(f"the {split} split is empty")
+            unknown = sorted(set(part["label"]) - set(self.classes))
+            if unknown:
+                raise DatasetError(f"labels {unknown} are not in the {c.labels} scheme ({', '.join(self.classes)})")
+            images, kept, errors = preload(part["path"].tolist(), preprocess, show=self.show, desc=f"decode {split}")
+            for error in errors:
+                print(f"warning: skipped unreadable {error['path']}: {error['error']}")
+            if not kept:
+                raise DatasetError(f"no readable image in the {split} split")
+            targets = [self.classes.index(label) for label in part["label"].iloc[kept]]
+            transform = build_augment_normalise(train=train and c.augment)
+            sets.append(AugmentedImages(images, targets, transform))
+        return sets[0], sets[1]
+
+    def _optimizer(self, parameters: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        c = self.config
+        if c.optimizer == "sgd":
+            return torch.optim.SGD(parameters, lr=lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=c.weight_decay)
+
+    def _scheduler(self, optimizer: torch.optim.Optimizer, epochs: int):
+        c = self.config
+        if c.scheduler == "plateau":
+            mode = "min" if c.monitor == "val_loss" else "max"
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode=mode, factor=c.plateau_factor, patience=c.plateau_patience
+            )
+        if c.scheduler == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+        return None
+
+    def _stage(self, model: nn.Module, epoch: int):
+        """Optimiser and scheduler for the stage ``epoch`` falls in (two-stage fine-tuning: head only, then all)."""
+        c = self.config
+        head_only = epoch < c.freeze_epochs
+        head = set(classifier_head(model).parameters())
+        for parameter in model.parameters():
+            parameter.requires_grad_(not head_only or parameter in head)
+        if head_only:
+            lr, epochs = c.lr, c.freeze_epochs
+        else:
+            lr = c.finetune_lr or (c.lr / 10 if c.freeze_epochs else c.lr)
+            epochs = c.epochs - c.freeze_epochs
+        optimizer = self._optimizer([p for p in model.parameters() if p.requires_grad], lr)
+        return optimizer, self._scheduler(optimizer, epochs)
+
+    # -- the loop -----------------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Run every epoch (or the remaining ones); returns the summary also written to ``summary.json``."""
+        c = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        c.to_yaml(self.out / "config.yaml")
+        seed_everything(c.seed)
+        train_set, val_set = self._data()
+        model = create_model(c.model, num_classes=len(self.classes), pretrained=c.pretrained, **c.model_options)
+        model.to(self.device)
+        weight = class_weights(train_set.targets.tolist(), self.classes) if c.class_weights else None
+        criterion = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(self.device))
+        state = _Progress()
+        optimizer, scheduler = self._stage(model, 0)
+        if self.resume:
+            last = load_checkpoint(self.out / "last.pt")
+            model.load_state_dict(last["model"])
+            state = _Progress(**last["progress"])
+            optimizer, scheduler = self._stage(model, state.epoch)
+            optimizer.load_state_dict(last["optimizer"])
+            if scheduler is not None and last["scheduler"] is not None:
+                scheduler.load_state_dict(last["scheduler"])
+
+        generator = torch.Generator()
+        sampler = None
+        if c.sampler == "weighted":
+            sampler = weighted_sampler(train_set.targets.tolist(), self.classes, seed=c.seed)
+        train_loader = DataLoader(
+            train_set, batch_size=c.batch_size, shuffle=sampler is None, sampler=sampler, generator=generator,
+            num_workers=c.workers, drop_last=len(train_set) > c.batch_size,
+        )
+        val_loader = DataLoader(val_set, batch_size=max(c.batch_size, 64), num_workers=c.workers)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.device.type == "cuda")
+        metrics_path = self.out / "metrics.csv"
+        if not self.resume:
+            metrics_path.write_text(",".join(METRIC_COLUMNS) + "\n")
+
+        started = time.perf_counter() - state.seconds
+        bar = progress_bar(total=(c.epochs - state.epoch) * len(train_loader), desc=f"train {c.model}", unit="batch", show=self.show)
+        try:
+            for epoch in range(state.epoch, c.epochs):
+                if epoch == c.freeze_epochs and epoch > 0:
+                    optimizer, scheduler = self._stage(model, epoch)
+                # Seeding each epoch from (seed, epoch) makes shuffling, sampling, augmentation and dropout the same
+                # whether the run went straight through or was resumed.
+                torch.manual_seed(c.seed * 10_000 + epoch)
+                generator.manual_seed(c.seed * 10_000 + epoch)
+                if sampler is not None:
+                    sampler.generator.manual_seed(c.seed * 10_000 + epoch)
+                epoch_start = time.perf_counter()
+                train_loss = train_one_epoch(model, train_loader, criterion, optimizer, self.device, scaler, bar)
+                probabilities, labels = predict(model, val_loader, self.device)
+                metrics = validation_metrics(probabilities, labels, weight)
+                lr = optimizer.param_groups[0]["lr"]
+                value = metrics[c.monitor]
+                if scheduler is not None:
+                    scheduler.step(value) if c.scheduler == "plateau" else scheduler.step()
+                state.epoch = epoch + 1
+                if _improved(value, state.best, c.monitor):
+                    state.best, state.best_epoch, state.bad_epochs = value, epoch + 1, 0
+                    save_checkpoint(self._best_state(model, epoch + 1, metrics), self.out / "best.pt")
+                else:
+                    state.bad_epochs += 1
+                row = {"epoch": epoch + 1, "train_loss": train_loss, **metrics, "lr": lr,
+                       "seconds": time.perf_counter() - epoch_start}
+                with metrics_path.open("a", newline="") as handle:
+                    csv.DictWriter(handle, METRIC_COLUMNS).writerow({k: _fmt(v) for k, v in row.items()})
+                state.seconds = time.perf_counter() - started
+                save_checkpoint(
+                    {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": None if scheduler is None else scheduler.state_dict(),
+                     "progress": vars(state).copy()},
+                    self.out / "last.pt",
+                )
+                bar.set_postfix(epoch=epoch + 1, loss=f"{train_loss:.4f}", val_auc=f"{metrics['val_auc']:.4f}")
+                if c.early_stopping and state.bad_epochs >= c.early_stopping:
+                    bar.write(f"early stop after epoch {epoch + 1}: no better {c.monitor} in {c.early_stopping} epochs")
+                    break
+        except KeyboardInterrupt:
+            bar.close()
+            print(f"\ninterrupted after {state.epoch} complete epoch(s); continue with: "
+                  f"lungscope train --resume --out {self.out}")
+            raise
+        bar.close()
+        plot_curves(metrics_path, self.out / "curves.png")
+        summary = {
+            "model": c.model, "best_epoch": state.best_epoch, f"best_{c.monitor}": state.best,
+            "best_val_auc": self._best_val_auc(metrics_path, state.best_epoch),
+            "epochs_run": state.epoch, "wall_time_seconds": round(time.perf_counter() - started, 1),
+            "n_train": len(train_set), "n_val": len(val_set), "device": str(self.device),
+        }
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def _best_state(self, model: nn.Module, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
+        return {"model": model.state_dict(), "config": self.config.to_dict(), "classes": self.classes,
+                "image_size": self.image_size, "epoch": epoch, "metrics": metrics}
+
+    @staticmethod
+    def _best_val_auc(metrics_path: Path, best_epoch: int) -> float:
+        with metrics_path.open() as handle:
+            for row in csv.DictReader(handle):
+                if int(row["epoch"]) == best_epoch:
+                    return float(row["val_auc"])
+        return math.nan
+
+
+def _fmt(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:.6g}"
+
+
+def resume_config(run_dir: str | Path, **overrides: Any) -> TrainConfig:
+    """The config a run was started with, e.g. with more ``epochs``, to continue it."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: not a run folder (no config.yaml)")
+    return TrainConfig.from_yaml(path, **overrides)
+
+
+def train(config: TrainConfig, *, resume: bool = False, progress: bool | None = None) -> dict[str, Any]:
+    """Train as ``config`` says; returns the run summary. See :class:`Trainer`."""
+    return Trainer(config, resume=resume, progress=progress).fit()

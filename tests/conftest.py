@@ -1,0 +1,34 @@
+"""Shared fixtures: the real public data beside the checkout (``../shared/data``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("LUNGSCOPE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared data folder; tests that need it skip without it, except on CI where its absence fails."""
+    if not (SHARED_DATA / "chest_xray" / "train").is_dir():
+        message = f"shared data not found at {SHARED_DATA} (set LUNGSCOPE_SHARED_DATA)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def chest_xray(shared_data: Path) -> Path:
+    """The pediatric pneumonia set: ``train/NORMAL`` and ``train/PNEUMONIA``."""
+    return shared_data / "chest_xray"
+
+
+@pytest.fixture(scope="session")
+def lung_masks(shared_data: Path) -> Path:
+    """The Montgomery/Shenzhen tuberculosis set: ``images/`` and ``masks/``."""
+    return shared_data / "lung_masks"
