@@ -80,7 +80,7 @@ _TRAIN_FLAGS: list[tuple[str, dict[str, object]]] = [
     ("--model", {"help": "registry name (see `lungscope models`)"}),
     ("--labels", {"choices": ["binary", "three-class", "tb"], "help": "label scheme"}),
     ("--manifest", {"help": "an existing split manifest (path,label,patient_id,split) to train on"}),
-    ("--pretrained", {"help": "imagenet or PATH of a state dict"}),
+    ("--pretrained", {"help": "imagenet, PATH of a state dict, or none"}),
     ("--image-size", {"type": int, "help": "input side (default: the model's)"}),
     ("--epochs", {"type": int}),
     ("--batch-size", {"type": int}),
@@ -104,7 +104,10 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, object]:
     overrides["class_weights"] = True if args.class_weights else None
     overrides["sampler"] = "weighted" if args.weighted_sampler else None
     overrides["clahe"] = True if args.clahe else None
-    return {k: v for k, v in overrides.items() if v is not None}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if overrides.get("pretrained") == "none":
+        overrides["pretrained"] = None  # explicit: train from scratch even where the config names weights
+    return overrides
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

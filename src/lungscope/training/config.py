@@ -88,7 +88,7 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        """Read a YAML file; ``overrides`` that are not ``None`` win over the file."""
+        """Read a YAML file; ``overrides`` win over the file."""
         path = Path(path)
         try:
             values = yaml.safe_load(path.read_text()) or {}
@@ -98,7 +98,7 @@ class TrainConfig:
             raise ConfigError(f"{path}: not valid YAML ({error})") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping of options, got {type(values).__name__}")
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        values.update(overrides)
         return cls.from_dict(values)
 
     def to_dict(self) -> dict[str, Any]:

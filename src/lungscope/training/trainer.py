@@ -237,7 +237,7 @@ class Trainer:
         bar.close()
         plot_curves(metrics_path, self.out / "curves.png")
         summary = {
-            "model": c.model, "best_epoch": state.best_epoch, f"best_{c.monitor}": state.best,
+            "model": c.model, "monitor": c.monitor, "best_epoch": state.best_epoch, "best_value": state.best,
             "best_val_auc": self._best_val_auc(metrics_path, state.best_epoch),
             "epochs_run": state.epoch, "wall_time_seconds": round(time.perf_counter() - started, 1),
             "n_train": len(train_set), "n_val": len(val_set), "device": str(self.device),

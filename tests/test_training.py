@@ -1,0 +1,139 @@
+"""Training runs on a slice of the real pneumonia set: run folder, determinism, resume, two-stage fine-tuning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from lungscope.cli import main
+from lungscope.errors import ConfigError
+from lungscope.models import create_model, get_spec
+from lungscope.training import TrainConfig, resume_config, train
+from lungscope.training import trainer as trainer_module
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = {"model": "shallow-cnn", "limit": 240, "epochs": 2, "batch_size": 16, "seed": 3}
+
+
+def _config(chest_xray: Path, out: Path, **options) -> TrainConfig:
+    return TrainConfig.from_dict({"data": str(chest_xray / "train"), "out": str(out), **QUICK, **options})
+
+
+def _metrics(run: Path) -> pd.DataFrame:
+    return pd.read_csv(run / "metrics.csv").drop(columns="seconds")
+
+
+def test_run_folder(chest_xray: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    summary = train(_config(chest_xray, run), progress=False)
+    assert {p.name for p in run.iterdir()} >= {
+        "config.yaml", "split.csv", "metrics.csv", "curves.png", "best.pt", "last.pt", "summary.json"
+    }
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert list(metrics.columns) == ["epoch", "train_loss", "val_loss", "val_accuracy", "val_auc", "lr", "seconds"]
+    assert metrics["epoch"].tolist() == [1, 2]
+    assert metrics["val_auc"].between(0, 1).all()
+    split = pd.read_csv(run / "split.csv")
+    sides = split.groupby("patient_id")["split"].nunique()
+    assert (sides == 1).all(), "a patient on two sides of the split"
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert best["classes"] == ["NORMAL", "PNEUMONIA"] and best["config"]["model"] == "shallow-cnn"
+    model = create_model("shallow-cnn")
+    model.load_state_dict(best["model"])
+    assert json.loads((run / "summary.json").read_text())["best_epoch"] == summary["best_epoch"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["limit"] == 240
+
+
+def test_same_seed_same_metrics(chest_xray: Path, tmp_path: Path) -> None:
+    train(_config(chest_xray, tmp_path / "a"), progress=False)
+    train(_config(chest_xray, tmp_path / "b"), progress=False)
+    pd.testing.assert_frame_equal(_metrics(tmp_path / "a"), _metrics(tmp_path / "b"))
+    train(_config(chest_xray, tmp_path / "c", seed=4), progress=False)
+    assert not _metrics(tmp_path / "a").equals(_metrics(tmp_path / "c"))
+
+
+def test_resume_after_interrupt_matches_uninterrupted(
+    chest_xray: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options = {"epochs": 3, "scheduler": "plateau", "plateau_patience": 0}
+    train(_config(chest_xray, tmp_path / "straight", **options), progress=False)
+
+    calls = {"n": 0}
+    real_epoch = trainer_module.train_one_epoch
+
+    def interrupted_third_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train_one_epoch", interrupted_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(chest_xray, tmp_path / "resumed", **options), progress=False)
+    assert len(pd.read_csv(tmp_path / "resumed" / "metrics.csv")) == 2
+    monkeypatch.setattr(trainer_module, "train_one_epoch", real_epoch)
+    train(resume_config(tmp_path / "resumed"), resume=True, progress=False)
+    pd.testing.assert_frame_equal(_metrics(tmp_path / "straight"), _metrics(tmp_path / "resumed"))
+
+
+def test_two_stage_trains_only_the_head_first(chest_xray: Path, tmp_path: Path) -> None:
+    weights = tmp_path / "resnet18.pt"
+    source = create_model("resnet18", num_classes=1000, in_channels=3)
+    torch.save(source.state_dict(), weights)
+    run = tmp_path / "run"
+    train(
+        _config(chest_xray, run, model="resnet18", image_size=64, pretrained=str(weights), freeze_epochs=1, epochs=2,
+                limit=120, scheduler="none"),
+        progress=False,
+    )
+    lrs = pd.read_csv(run / "metrics.csv")["lr"].tolist()
+    assert lrs == pytest.approx([1e-3, 1e-4])  # stage two at a tenth of the learning rate
+    # After stage one alone the backbone is exactly the loaded weights (3-channel kernels summed), the head is new.
+    head_only = tmp_path / "head"
+    train(
+        _config(chest_xray, head_only, model="resnet18", image_size=64, pretrained=str(weights), freeze_epochs=1,
+                epochs=1, limit=120, scheduler="none"),
+        progress=False,
+    )
+    state = torch.load(head_only / "last.pt", weights_only=True)["model"]
+    torch.testing.assert_close(state["conv1.weight"], source.conv1.weight.sum(dim=1, keepdim=True))
+    torch.testing.assert_close(state["layer4.1.conv2.weight"], source.layer4[1].conv2.weight)
+    assert state["fc.weight"].shape == (2, 512)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path: Path) -> None:
+    config = TrainConfig.from_yaml(path, out="run")
+    spec = get_spec(config.model)
+    with torch.device("meta"):
+        create_model(config.model, **config.model_options)
+    assert (config.image_size or spec.input_size) == spec.input_size
+
+
+def test_cli_train_and_refusal_to_overwrite(chest_xray: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    argv = ["train", "--config", str(REPO / "configs" / "shallow-cnn-64.yaml"), "--data", str(chest_xray / "train"),
+            "--limit", "200", "--epochs", "1", "--out", str(run)]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["epochs_run"] == 1
+    assert yaml.safe_load((run / "config.yaml").read_text())["batch_size"] == 16  # from the config file
+    assert main(argv) == 1  # never overwrite a run
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "2"]) == 0
+    assert len(pd.read_csv(run / "metrics.csv")) == 2
+
+
+def test_bad_config_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="optimizer"):
+        TrainConfig(optimizer="rmsprop")
+    with pytest.raises(ConfigError, match="unknown config key"):
+        TrainConfig.from_dict({"learning_rate": 0.1})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        TrainConfig.from_yaml(bad)
