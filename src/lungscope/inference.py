@@ -1,0 +1,93 @@
+"""A trained classifier, loaded from a run folder or checkpoint, that predicts on files or arrays."""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lungscope.data.io import read_image
+from lungscope.data.transforms import build_augment_normalise, build_preprocess
+from lungscope.errors import ImageReadError
+from lungscope.models import create_model
+from lungscope.training.checkpoint import load_checkpoint
+
+
+@dataclass
+class Prediction:
+    """One file's class probabilities, or the reason it could not be read."""
+
+    path: str
+    probabilities: np.ndarray | None
+    error: str | None = None
+
+
+class Classifier:
+    """A model with the preprocessing it was trained with. Build with :meth:`load`."""
+
+    def __init__(self, model: nn.Module, classes: Sequence[str], config: dict[str, Any], image_size: int) -> None:
+        self.model = model.eval()
+        self.classes = list(classes)
+        self.config = config
+        self.image_size = image_size
+        preprocess = build_preprocess(image_size, resize=config.get("resize", "squash"), clahe=config.get("clahe", False))
+        normalise = build_augment_normalise(train=False)
+        self._transform = lambda pixels: normalise(preprocess(pixels))
+
+    @classmethod
+    def load(cls, source: str | os.PathLike[str]) -> Classifier:
+        """From a run folder (its ``best.pt``) or a checkpoint file; weights are loaded with ``weights_only=True``."""
+        path = Path(source)
+        state = load_checkpoint(path / "best.pt" if path.is_dir() else path)
+        config = state["config"]
+        model = create_model(config["model"], num_classes=len(state["classes"]), **config.get("model_options", {}))
+        model.load_state_dict(state["model"])
+        return cls(model, state["classes"], config, state["image_size"])
+
+    @torch.inference_mode()
+    def predict_arrays(self, images: Iterable[np.ndarray]) -> np.ndarray:
+        """Probabilities (N x classes) of 2-D float [0, 1] images, as :func:`read_image` returns them."""
+        batch = torch.stack([self._transform(image) for image in images])
+        return torch.softmax(self.model(batch), dim=1).numpy()
+
+    def _read(self, path: str) -> torch.Tensor | str:
+        try:
+            return self._transform(read_image(path).pixels)
+        except ImageReadError as error:
+            return error.reason
+
+    def predict_files(self, paths: Sequence[str], *, batch_size: int = 32, workers: int | None = None) -> Iterator[Prediction]:
+        """Predictions in the order of ``paths``; files decode in threads while the model runs. A bad file yields a
+        :class:`Prediction` with ``error`` set and the rest go on. At most a few batches are decoded ahead."""
+        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool, torch.inference_mode():
+            pending: deque[tuple[str, Future[torch.Tensor | str]]] = deque()
+            iterator = iter(paths)
+            for path in iterator:
+                pending.append((str(path), pool.submit(self._read, str(path))))
+                if len(pending) >= 3 * batch_size:
+                    break
+            while pending:
+                chunk = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
+                for path in iterator:  # keep the decoders busy while this batch runs
+                    pending.append((str(path), pool.submit(self._read, str(path))))
+                    if len(pending) >= 2 * batch_size:
+                        break
+                results = [(path, future.result()) for path, future in chunk]
+                good = [(path, tensor) for path, tensor in results if isinstance(tensor, torch.Tensor)]
+                probabilities = {}
+                if good:
+                    logits = self.model(torch.stack([tensor for _, tensor in good]))
+                    probabilities = dict(zip((p for p, _ in good), torch.softmax(logits, dim=1).numpy()))
+                for path, result in results:
+                    if isinstance(result, str):
+                        yield Prediction(path, None, result)
+                    else:
+                        yield Prediction(path, probabilities[path])
