@@ -17,8 +17,9 @@ from torch import nn
 from lungscope.data.io import read_image
 from lungscope.data.transforms import build_augment_normalise, build_preprocess
 from lungscope.errors import ImageReadError
+from lungscope.evaluation.calibration import apply_temperature
 from lungscope.models import create_model
-from lungscope.training.checkpoint import load_checkpoint
+from lungscope.checkpoint import load_checkpoint
 
 
 @dataclass
@@ -31,13 +32,28 @@ class Prediction:
 
 
 class Classifier:
-    """A model with the preprocessing it was trained with. Build with :meth:`load`."""
+    """A model with the preprocessing it was trained with and its operating point. Build with :meth:`load`.
 
-    def __init__(self, model: nn.Module, classes: Sequence[str], config: dict[str, Any], image_size: int) -> None:
+    Probabilities are calibrated (temperature-scaled) unless ``calibrated=False``; ``threshold`` is the decision
+    threshold on the calibrated probability of the positive class (binary runs; None decides by the largest).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        classes: Sequence[str],
+        config: dict[str, Any],
+        image_size: int,
+        operating_point: dict[str, Any] | None = None,
+    ) -> None:
         self.model = model.eval()
         self.classes = list(classes)
         self.config = config
         self.image_size = image_size
+        point = operating_point or {}
+        self.temperature = float(point.get("temperature") or 1.0)
+        self.threshold: float | None = point.get("threshold_calibrated")
+        self.raw_threshold: float | None = point.get("threshold")
         preprocess = build_preprocess(image_size, resize=config.get("resize", "squash"), clahe=config.get("clahe", False))
         normalise = build_augment_normalise(train=False)
         self._transform = lambda pixels: normalise(preprocess(pixels))
@@ -50,13 +66,17 @@ class Classifier:
         config = state["config"]
         model = create_model(config["model"], num_classes=len(state["classes"]), **config.get("model_options", {}))
         model.load_state_dict(state["model"])
-        return cls(model, state["classes"], config, state["image_size"])
+        return cls(model, state["classes"], config, state["image_size"], state.get("operating_point"))
+
+    def _probabilities(self, logits: torch.Tensor, calibrated: bool) -> np.ndarray:
+        probabilities = torch.softmax(logits, dim=1).numpy()
+        return apply_temperature(probabilities, self.temperature) if calibrated else probabilities
 
     @torch.inference_mode()
-    def predict_arrays(self, images: Iterable[np.ndarray]) -> np.ndarray:
+    def predict_arrays(self, images: Iterable[np.ndarray], *, calibrated: bool = True) -> np.ndarray:
         """Probabilities (N x classes) of 2-D float [0, 1] images, as :func:`read_image` returns them."""
         batch = torch.stack([self._transform(image) for image in images])
-        return torch.softmax(self.model(batch), dim=1).numpy()
+        return self._probabilities(self.model(batch), calibrated)
 
     def _read(self, path: str) -> torch.Tensor | str:
         try:
@@ -64,7 +84,9 @@ class Classifier:
         except ImageReadError as error:
             return error.reason
 
-    def predict_files(self, paths: Sequence[str], *, batch_size: int = 32, workers: int | None = None) -> Iterator[Prediction]:
+    def predict_files(
+        self, paths: Sequence[str], *, batch_size: int = 32, workers: int | None = None, calibrated: bool = True
+    ) -> Iterator[Prediction]:
         """Predictions in the order of ``paths``; files decode in threads while the model runs. A bad file yields a
         :class:`Prediction` with ``error`` set and the rest go on. At most a few batches are decoded ahead."""
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool, torch.inference_mode():
@@ -85,7 +107,7 @@ class Classifier:
                 probabilities = {}
                 if good:
                     logits = self.model(torch.stack([tensor for _, tensor in good]))
-                    probabilities = dict(zip((p for p, _ in good), torch.softmax(logits, dim=1).numpy()))
+                    probabilities = dict(zip((p for p, _ in good), self._probabilities(logits, calibrated)))
                 for path, result in results:
                     if isinstance(result, str):
                         yield Prediction(path, None, result)

@@ -49,6 +49,7 @@ class TrainConfig:
     monitor: str = "val_auc"
     class_weights: bool = False
     sampler: str = "none"
+    target_sensitivity: float | None = None  # operating threshold: this sensitivity on validation (default: Youden's J)
     freeze_epochs: int = 0  # two-stage fine-tuning: train only the new head for this many epochs
     finetune_lr: float | None = None  # stage-two learning rate (default lr / 10)
     val_fraction: float = 0.15

@@ -26,9 +26,11 @@ from lungscope.data.labels import classes_for
 from lungscope.data.splits import load_manifest, save_manifest, split_by_patient, subsample_by_patient
 from lungscope.data.transforms import build_augment_normalise, build_preprocess, class_weights, weighted_sampler
 from lungscope.errors import ConfigError, DatasetError
+from lungscope.evaluation.operating import operating_point, store_operating_point
 from lungscope.models import classifier_head, create_model, get_spec
 from lungscope.progress import progress_bar
-from lungscope.training.checkpoint import load_checkpoint, save_checkpoint, select_device
+from lungscope.checkpoint import load_checkpoint, save_checkpoint
+from lungscope.device import select_device
 from lungscope.training.config import TrainConfig
 from lungscope.training.curves import plot_curves
 from lungscope.training.data import AugmentedImages, preload
@@ -69,10 +71,10 @@ def _split_frame(config: TrainConfig):
 
 
 def _improved(value: float, best: float, monitor: str) -> bool:
+    if math.isnan(best):
+        return True  # the first epoch always gives a best checkpoint
     if math.isnan(value):
         return False
-    if math.isnan(best):
-        return True
     return value < best if monitor == "val_loss" else value > best
 
 
@@ -236,11 +238,15 @@ class Trainer:
             raise
         bar.close()
         plot_curves(metrics_path, self.out / "curves.png")
+        model.load_state_dict(load_checkpoint(self.out / "best.pt")["model"])
+        point = operating_point(*predict(model, val_loader, self.device), target_sensitivity=c.target_sensitivity)
+        store_operating_point(self.out, point)
         summary = {
             "model": c.model, "monitor": c.monitor, "best_epoch": state.best_epoch, "best_value": state.best,
             "best_val_auc": self._best_val_auc(metrics_path, state.best_epoch),
             "epochs_run": state.epoch, "wall_time_seconds": round(time.perf_counter() - started, 1),
             "n_train": len(train_set), "n_val": len(val_set), "device": str(self.device),
+            "threshold": point["threshold_calibrated"], "temperature": point["temperature"],
         }
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary

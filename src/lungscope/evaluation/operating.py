@@ -1,0 +1,78 @@
+"""A run's operating point: the calibration temperature and the decision threshold, fitted on its validation split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lungscope.errors import ConfigError
+from lungscope.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature
+from lungscope.evaluation.threshold import choose_threshold
+from lungscope.checkpoint import load_checkpoint, save_checkpoint
+
+CALIBRATION_FILE = "calibration.json"
+
+
+def operating_point(
+    probabilities: np.ndarray, labels: np.ndarray, *, target_sensitivity: float | None = None
+) -> dict[str, Any]:
+    """Temperature and threshold from validation probabilities (N x C) and class indices.
+
+    ``threshold`` applies to the uncalibrated probability of class 1, ``threshold_calibrated`` to the calibrated one
+    (temperature scaling is monotonic, so both make the same decisions). Multi-class runs decide by the largest
+    probability and get no threshold.
+    """
+    temperature = fit_temperature(probabilities, labels)
+    calibrated = apply_temperature(probabilities, temperature)
+    point: dict[str, Any] = {
+        "temperature": temperature,
+        "ece_before": expected_calibration_error(probabilities, labels),
+        "ece_after": expected_calibration_error(calibrated, labels),
+        "n_val": int(len(labels)),
+        "threshold": None,
+        "threshold_calibrated": None,
+        "rule": "argmax",
+        "target_sensitivity": target_sensitivity,
+    }
+    if probabilities.shape[1] == 2:
+        threshold = choose_threshold(labels, probabilities[:, 1], target_sensitivity)
+        positive = probabilities[:, 1] >= threshold
+        point.update(
+            threshold=threshold,
+            threshold_calibrated=float(apply_temperature(np.array([[1 - threshold, threshold]]), temperature)[0, 1]),
+            rule="youden" if target_sensitivity is None else "target_sensitivity",
+            val_sensitivity=float(positive[labels == 1].mean()),
+            val_specificity=float((~positive[labels == 0]).mean()),
+        )
+    return point
+
+
+def store_operating_point(run_dir: str | Path, point: dict[str, Any]) -> None:
+    """Write ``calibration.json`` and put temperature and threshold into ``best.pt``, so the file alone serves."""
+    run_dir = Path(run_dir)
+    (run_dir / CALIBRATION_FILE).write_text(json.dumps(point, indent=2) + "\n")
+    best = load_checkpoint(run_dir / "best.pt")
+    best["operating_point"] = {k: point[k] for k in ("temperature", "threshold", "threshold_calibrated", "rule")}
+    save_checkpoint(best, run_dir / "best.pt")
+
+
+def calibrate_run(run_dir: str | Path, *, target_sensitivity: float | None = None) -> dict[str, Any]:
+    """Refit a finished run's operating point on its validation split (e.g. for a target sensitivity)."""
+    from lungscope.inference import Classifier  # inference imports this module
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "split.csv").is_file():
+        raise ConfigError(f"{run_dir}: not a run folder (no split.csv)")
+    split = pd.read_csv(run_dir / "split.csv", dtype=str)
+    val = split[split["split"] == "val"]
+    classifier = Classifier.load(run_dir)
+    predictions = [p for p in classifier.predict_files(val["path"].tolist(), calibrated=False) if p.error is None]
+    label_of = dict(zip(val["path"], val["label"]))
+    labels = np.array([classifier.classes.index(label_of[p.path]) for p in predictions])
+    point = operating_point(np.stack([p.probabilities for p in predictions]), labels, target_sensitivity=target_sensitivity)
+    store_operating_point(run_dir, point)
+    return point
