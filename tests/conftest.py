@@ -32,3 +32,14 @@ def chest_xray(shared_data: Path) -> Path:
 def lung_masks(shared_data: Path) -> Path:
     """The Montgomery/Shenzhen tuberculosis set: ``images/`` and ``masks/``."""
     return shared_data / "lung_masks"
+
+
+@pytest.fixture(scope="session")
+def quick_run(chest_xray: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real run, trained once per session: shallow-cnn on ~300 shared images (patient-grouped), 2 epochs."""
+    from lungscope.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("quick_run") / "run"
+    config = TrainConfig(data=str(chest_xray / "train"), out=str(out), model="shallow-cnn", limit=300, epochs=2, seed=1)
+    train(config, progress=False)
+    return out

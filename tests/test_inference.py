@@ -10,15 +10,11 @@ import torch
 
 from lungscope.data.io import read_image
 from lungscope.inference import Classifier
-from lungscope.training import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
-def run(chest_xray: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("run") / "run"
-    config = TrainConfig(data=str(chest_xray / "train"), out=str(out), model="shallow-cnn", limit=300, epochs=2, seed=1)
-    train(config, progress=False)
-    return out
+def run(quick_run: Path) -> Path:
+    return quick_run
 
 
 def test_files_match_arrays_and_bad_files_are_reported(run: Path, chest_xray: Path, tmp_path: Path) -> None:

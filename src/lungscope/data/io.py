@@ -322,9 +322,12 @@ def _dicom_info(path: Path, ds: Dataset, max_pixels: int) -> ImageInfo:
     """Check a DICOM header (pixel data present, size, photometric interpretation) and describe it."""
     if "PixelData" not in ds:
         raise ImageReadError(path, "no pixel data: the DICOM file has no (7FE0,0010) Pixel Data element")
-    pixel_data = ds.get_item("PixelData")  # still raw: its position and declared length, value unread
-    if pixel_data.length != _UNDEFINED_LENGTH and (
-        missing := pixel_data.value_tell + pixel_data.length - path.stat().st_size
+    # A raw (deferred) element gives its position and declared length without reading the value; an element that
+    # pydicom has already converted has no length (its value was read whole), so only raw ones are checked here.
+    pixel_data = ds.get_item("PixelData")
+    length = getattr(pixel_data, "length", None)
+    if length is not None and length != _UNDEFINED_LENGTH and (
+        missing := pixel_data.value_tell + length - path.stat().st_size
     ) > 0:
         raise ImageReadError(path, f"truncated: the pixel data ends {missing:,} bytes after the end of the file")
     rows, columns, frames = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0), _frames(ds)

@@ -1,0 +1,133 @@
+"""Batch prediction: files, folders and globs in; a CSV (and JSON) row per file out, written as it is produced."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lungscope.data.datasets import find_images
+from lungscope.errors import ConfigError
+from lungscope.inference import Classifier, Prediction
+from lungscope.progress import progress_bar
+
+CSV_COLUMNS = ["path", "probability", "prediction", "error"]
+
+
+def collect_inputs(items: Sequence[str | os.PathLike[str]]) -> tuple[list[str], list[dict[str, str]]]:
+    """Expand files, folders (recursively, DICOM without extension included) and glob patterns, in the order given.
+
+    Returns the files and ``{"path", "error"}`` for each item that named nothing readable (a missing path, an
+    empty folder or glob), so the run can report them and go on.
+    """
+    files: list[str] = []
+    problems: list[dict[str, str]] = []
+    for item in map(str, items):
+        path = Path(item)
+        if path.is_dir():
+            found, skipped = find_images(path)
+            problems += skipped
+            if not found:
+                problems.append({"path": item, "error": "no images found in this folder"})
+            files += [str(p) for p in found]
+        elif path.exists():
+            files.append(item)
+        elif glob.has_magic(item):
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                problems.append({"path": item, "error": "the pattern matches no file"})
+            files += [m for m in matches if Path(m).is_file()]
+        else:
+            problems.append({"path": item, "error": "file not found"})
+    return list(dict.fromkeys(files)), problems  # each file once, first position kept
+
+
+@dataclass
+class PredictionRun:
+    """What a batch prediction did: rows written, rows with an error."""
+
+    n_predicted: int = 0
+    n_failed: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _row(prediction: Prediction, classifier: Classifier, threshold: float | None) -> dict[str, Any]:
+    if prediction.error is not None:
+        return {"path": prediction.path, "probability": None, "prediction": None, "error": prediction.error}
+    probabilities = prediction.probabilities
+    if len(classifier.classes) == 2 and threshold is not None:
+        probability = float(probabilities[1])
+        label = classifier.classes[int(probability >= threshold)]
+    else:
+        probability = float(probabilities.max())
+        label = classifier.classes[int(probabilities.argmax())]
+    return {"path": prediction.path, "probability": round(probability, 6), "prediction": label, "error": None}
+
+
+def predict_rows(
+    classifier: Classifier,
+    inputs: Sequence[str | os.PathLike[str]],
+    *,
+    threshold: float | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    show: bool | None = None,
+) -> Iterator[dict[str, Any]]:
+    """One row per input file: ``path``, ``probability`` (calibrated, of the positive class for a binary model),
+    ``prediction`` (at ``threshold``, default the model's own) and ``error`` (None, or why the file was not read)."""
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise ConfigError(f"threshold must be within [0, 1], not {threshold}")
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be positive, not {batch_size}")
+    threshold = classifier.threshold if threshold is None else threshold
+    if threshold is None and len(classifier.classes) == 2:
+        threshold = 0.5
+    files, problems = collect_inputs(inputs)
+    for problem in problems:
+        yield {"path": problem["path"], "probability": None, "prediction": None, "error": problem["error"]}
+    bar = progress_bar(total=len(files), desc="predict", unit="img", show=show)
+    with bar:
+        for prediction in classifier.predict_files(files, batch_size=batch_size, workers=workers):
+            bar.update(1)
+            yield _row(prediction, classifier, threshold)
+
+
+def predict_to_files(
+    classifier: Classifier,
+    inputs: Sequence[str | os.PathLike[str]],
+    *,
+    csv_path: str | os.PathLike[str] | None = None,
+    json_path: str | os.PathLike[str] | None = None,
+    **options: Any,
+) -> PredictionRun:
+    """Run :func:`predict_rows`, writing each CSV row as soon as it exists (an interrupted run keeps what it
+    finished) and the JSON list at the end."""
+    run = PredictionRun()
+    handle = None
+    try:
+        if csv_path is not None:
+            Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
+            handle = open(csv_path, "w", newline="")  # noqa: SIM115 - closed in finally, flushed per row
+            writer = csv.DictWriter(handle, CSV_COLUMNS)
+            writer.writeheader()
+        for row in predict_rows(classifier, inputs, **options):
+            run.rows.append(row)
+            if row["error"] is None:
+                run.n_predicted += 1
+            else:
+                run.n_failed += 1
+            if handle is not None:
+                writer.writerow({k: "" if v is None else v for k, v in row.items()})
+                handle.flush()
+    finally:
+        if handle is not None:
+            handle.close()
+    if json_path is not None:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(run.rows, indent=2) + "\n")
+    return run
