@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -57,7 +58,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _split_frame(config: TrainConfig):
+def make_split(config: TrainConfig) -> pd.DataFrame:
+    """The run's images with their ``split``: the given manifest, or a new patient-grouped split of ``data``."""
     if config.manifest:
         frame = load_manifest(config.manifest)
         missing = {"train", "val"} - set(frame["split"])
@@ -99,7 +101,7 @@ class Trainer:
     # -- set-up -------------------------------------------------------------------------------------------------
     def _data(self) -> tuple[AugmentedImages, AugmentedImages]:
         c = self.config
-        frame = load_manifest(self.out / "split.csv") if self.resume else _split_frame(c)
+        frame = load_manifest(self.out / "split.csv") if self.resume else make_split(c)
         if not self.resume:
             save_manifest(frame, self.out / "split.csv")
         preprocess = build_preprocess(self.image_size, resize=c.resize, clahe=c.clahe)
