@@ -22,6 +22,9 @@ from lungscope.models import create_model
 from lungscope.checkpoint import load_checkpoint
 
 
+DEFAULT_MODEL = Path(__file__).parent / "bundled" / "pneumonia.pt"
+
+
 @dataclass
 class Prediction:
     """One file's class probabilities, or the reason it could not be read."""
@@ -60,8 +63,9 @@ class Classifier:
 
     @classmethod
     def load(cls, source: str | os.PathLike[str]) -> Classifier:
-        """From a run folder (its ``best.pt``) or a checkpoint file; weights are loaded with ``weights_only=True``."""
-        path = Path(source)
+        """From a run folder (its ``best.pt``), a checkpoint file, or ``"default"``: the bundled pneumonia model.
+        Weights are loaded with ``weights_only=True``."""
+        path = DEFAULT_MODEL if str(source) == "default" else Path(source)
         state = load_checkpoint(path / "best.pt" if path.is_dir() else path)
         config = state["config"]
         model = create_model(config["model"], num_classes=len(state["classes"]), **config.get("model_options", {}))
