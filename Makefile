@@ -1,22 +1,32 @@
-# make install: .venv with lungscope and everything it needs (re-run only when pyproject.toml changes)
+# make install: .venv with lungscope and everything it needs (re-run only when pyproject.toml or this file changes)
 # make test:    install if needed, then the test suite
-# make demo:    install if needed, then the main job on the bundled samples
+# make demo:    install if needed, then the main job on the bundled model and sample images
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test demo benchmarks clean
+.PHONY: install browser test demo benchmarks clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@# pytorch-grad-cam is only the tests' reference implementation of Grad-CAM. Its declared requirements would pull
+	@# opencv-python (the GUI build) over our headless OpenCV, so it is installed without them (it needs only ttach).
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps grad-cam==1.5.7 ttach==0.0.3
 	@touch $(STAMP)
 
-test: install
+# Headless Chromium for the browser tests of the HTML report and the web page (Debian's package; no downloads).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: chromium not installed (needs root and apt-get); browser tests will be skipped"; fi; }
+
+test: install browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: install

@@ -67,9 +67,10 @@ def main() -> None:
 - Network: `{config['model']}` ({count_parameters(classifier.model):,} parameters, {size_mb:.1f} MB checkpoint),
   {classifier.image_size}x{classifier.image_size} grayscale input, squashed from the full image; softmax over
   {', '.join(classifier.classes)}.
-- Operating point (fitted on the validation split when training ended, never on test data): temperature
-  {classifier.temperature:.3f}; a study is called PNEUMONIA when the calibrated probability is at least
-  {classifier.threshold:.3f} (the threshold maximising Youden's J on validation).
+- Operating point (fitted on the validation split, never on test data): calibration by temperature
+  {classifier.temperature:.3f} and bias {classifier.bias[1] if classifier.bias else 0:.3f} on the PNEUMONIA logit (Platt
+  scaling); a study is called PNEUMONIA when the calibrated probability is at least {classifier.threshold:.3f}
+  (the threshold maximising Youden's J on validation).
 - Reproduce: `lungscope train --config configs/bundled-pneumonia.yaml --data ../shared/data/chest_xray/train --out RUN`,
   then `python scripts/bundle_model.py RUN`. The CPU run is deterministic for its seed; best epoch {summary['best_epoch']}
   of {summary['epochs_run']}.
@@ -89,7 +90,8 @@ The test split was used for nothing but this table.
 {_table({f"validation ({val['n_images']:,} images)": val, f"held-out test ({test['n_images']:,} images)": test})}
 
 Expected calibration error (10 bins) on the test split: {test['calibration']['ece_uncalibrated']:.3f} before and
-{test['calibration']['ece_calibrated']:.3f} after temperature scaling.
+{test['calibration']['ece_calibrated']:.3f} after calibration (temperature and bias fitted on validation; the
+probabilities `predict` reports are the calibrated ones).
 
 ## Intended use and limits
 - A research and teaching tool for explainable screening, **not a diagnostic device**: it has not been validated

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Headless Chromium fixtures (``chromium``, ``browser_page``): one browser per session for every test module.
+pytest_plugins = ["browser"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LUNGSCOPE_SHARED_DATA", REPO.parent / "shared" / "data"))
 

@@ -7,7 +7,13 @@ import pytest
 from scipy.special import softmax
 
 from lungscope.errors import ConfigError
-from lungscope.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability
+from lungscope.evaluation.calibration import (
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    fit_temperature_and_bias,
+    reliability,
+)
 from lungscope.evaluation.operating import operating_point
 from lungscope.evaluation.threshold import choose_threshold
 
@@ -67,12 +73,30 @@ def test_target_sensitivity_is_reached_by_the_most_specific_threshold() -> None:
         choose_threshold(np.ones(5), scores[:5])
 
 
-def test_operating_point_maps_the_threshold_to_calibrated_space() -> None:
+@pytest.mark.parametrize("calibration", ["temperature", "temperature+bias"])
+def test_operating_point_maps_the_threshold_to_calibrated_space(calibration: str) -> None:
     probabilities, labels = _overconfident(2000, 2.0)
-    point = operating_point(probabilities, labels)
+    point = operating_point(probabilities, labels, calibration=calibration)
     raw_calls = probabilities[:, 1] >= point["threshold"]
-    calibrated_calls = apply_temperature(probabilities, point["temperature"])[:, 1] >= point["threshold_calibrated"] - 1e-9
+    calibrated = apply_temperature(probabilities, point["temperature"], point["bias"])
+    calibrated_calls = calibrated[:, 1] >= point["threshold_calibrated"] - 1e-9
     assert (raw_calls == calibrated_calls).all()
     assert point["ece_after"] < point["ece_before"]
     three = operating_point(*_overconfident(500, 2.0, classes=3))
     assert three["threshold"] is None and three["rule"] == "argmax"
+
+
+def test_a_bias_undoes_a_shift_that_a_temperature_cannot() -> None:
+    # Well-scaled logits shifted towards class 0: the true probability of class 1 is higher than reported.
+    rng = np.random.default_rng(5)
+    logits = rng.normal(0, 2, (6000, 2))
+    labels = np.array([rng.choice(2, p=p) for p in softmax(logits, axis=1)])
+    reported = softmax(logits - np.array([0.0, 1.5]), axis=1)
+    fit, held = slice(0, 3000), slice(3000, None)
+    temperature = fit_temperature(reported[fit], labels[fit])
+    t_and_b = fit_temperature_and_bias(reported[fit], labels[fit])
+    assert t_and_b[1][1] == pytest.approx(1.5, abs=0.25) and t_and_b[0] == pytest.approx(1.0, abs=0.15)
+    before = expected_calibration_error(reported[held], labels[held])
+    only_t = expected_calibration_error(apply_temperature(reported[held], temperature), labels[held])
+    with_bias = expected_calibration_error(apply_temperature(reported[held], *t_and_b), labels[held])
+    assert with_bias < before / 3 and with_bias < only_t

@@ -7,9 +7,11 @@ and exit 1; nothing a user can cause ends in a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -97,6 +99,8 @@ _TRAIN_FLAGS: list[tuple[str, dict[str, object]]] = [
     ("--val-fraction", {"type": float}),
     ("--test-fraction", {"type": float}),
     ("--limit", {"type": int, "help": "use at most N images (patient-grouped, stratified): quick runs"}),
+    ("--target-sensitivity", {"type": float, "metavar": "X", "help": "operating threshold: the most specific one "
+                              "reaching this validation sensitivity (default: maximise Youden's J)"}),
     ("--seed", {"type": int}),
     ("--workers", {"type": int, "help": "DataLoader worker processes (default 0: images are preloaded)"}),
     ("--device", {"help": "auto, cpu, cuda, cuda:N or mps"}),
@@ -205,7 +209,247 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_tune)
 
 
-_VERBS: list[Callable[[argparse._SubParsersAction], None]] = [_add_audit, _add_models, _add_train, _add_cv, _add_tune]
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from lungscope.evaluation.evaluate import evaluate_run
+
+    evaluation = evaluate_run(args.run, args.data, labels=args.labels, split=args.split, calibrated=args.calibrated,
+                              n_resamples=args.resamples, seed=args.seed, batch_size=args.batch_size)
+    print(evaluation.format())
+    written = []
+    if args.predictions:
+        written.append(evaluation.save_predictions(args.predictions))
+    if args.json:
+        written.append(evaluation.save_json(args.json))
+    if args.plots:
+        from lungscope.evaluation.plots import save_figures
+
+        written += save_figures(evaluation, args.plots).values()
+    if args.html:
+        from lungscope.evaluation.report import write_report
+
+        written.append(write_report(evaluation, args.html, run_dir=args.run))
+    for path in written:
+        print(f"wrote {path}")
+    return EXIT_PARTIAL if evaluation.report["unreadable"] else EXIT_OK
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate", help="metrics with patient-bootstrap 95% CIs, calibration and plots of a run on labelled data",
+        description="Evaluate a run on a labelled folder or CSV manifest at the run's operating threshold (chosen on "
+        "its validation split, never on these data) and at 0.5: accuracy, precision, recall, specificity, F1, "
+        "balanced accuracy, ROC-AUC, PR-AUC, each with a 95%% CI by bootstrap over patients; the confusion matrix; "
+        "the expected calibration error. Unreadable files are listed and skipped (exit code 2).",
+    )
+    p.add_argument("run", type=Path, metavar="RUN_DIR", help="run folder (or its best.pt)")
+    p.add_argument("--data", type=Path, required=True, help="folder or CSV manifest, e.g. RUN_DIR/split.csv")
+    p.add_argument("--split", help="evaluate only the rows of this split of --data (e.g. test: held-out patients)")
+    p.add_argument("--labels", choices=["binary", "three-class", "tb"],
+                   help="label scheme of --data (default: the run's)")
+    p.add_argument("--calibrated", action="store_true", help="calibrated probabilities (the run's temperature and bias)")
+    p.add_argument("--json", type=Path, metavar="OUT", help="write the full report as JSON")
+    p.add_argument("--predictions", type=Path, metavar="OUT.csv", help="write one row per image as CSV")
+    p.add_argument("--plots", type=Path, metavar="DIR", help="write ROC, PR, confusion, reliability and training "
+                   "curve PNGs")
+    p.add_argument("--html", type=Path, metavar="OUT", help="write a self-contained HTML report")
+    p.add_argument("--resamples", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from lungscope.evaluation.operating import calibrate_run
+
+    point = calibrate_run(args.run, target_sensitivity=args.target_sensitivity, calibration=args.calibration)
+    print(json.dumps(point, indent=2))
+    return EXIT_OK
+
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate", help="refit a run's temperature and operating threshold on its validation split",
+        description="Refit the temperature and the operating threshold of a finished run on its validation split "
+        "and store them in the run (calibration.json and best.pt).",
+    )
+    p.add_argument("run", type=Path, metavar="RUN_DIR", help="run folder")
+    p.add_argument("--target-sensitivity", type=float, metavar="X",
+                   help="the most specific threshold reaching this validation sensitivity (default: Youden's J)")
+    p.add_argument("--calibration", choices=["temperature", "temperature+bias"], default="temperature+bias",
+                   help="temperature alone, or with a per-class bias that can undo a shift (default)")
+    p.set_defaults(func=_cmd_calibrate)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from lungscope.evaluation.compare import compare_runs, format_comparison
+
+    frame = compare_runs(args.runs, args.data, labels=args.labels, split=args.split, n_resamples=args.resamples,
+                         seed=args.seed)
+    print(format_comparison(frame))
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(args.csv, index=False, float_format="%.6g")
+        print(f"\nwrote {args.csv}")
+    return EXIT_OK
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare", help="runs side by side: model, options, parameters, size, metrics with 95% CIs",
+        description="Compare finished runs. With --data every run is evaluated on it (metrics at each run's operating "
+        "threshold, patient-bootstrap 95%% CIs); without, each run's validation accuracy and ROC-AUC at its best epoch "
+        "are shown (no CI; validation splits may differ between runs).",
+    )
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders to compare")
+    p.add_argument("--data", type=Path, help="folder or CSV manifest to evaluate every run on, e.g. RUN_DIR/split.csv")
+    p.add_argument("--split", help="evaluate only the rows of this split of --data (e.g. test)")
+    p.add_argument("--labels", choices=["binary", "three-class", "tb"], help="label scheme of --data (default: the runs')")
+    p.add_argument("--resamples", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--csv", type=Path, metavar="OUT", help="also write the table as CSV, one row per run")
+    p.set_defaults(func=_cmd_compare)
+
+
+@contextlib.contextmanager
+def _printed_warnings(verb: str) -> Iterator[None]:
+    """Warnings raised inside print as one ``lungscope VERB: warning: ...`` line each, without a source line."""
+    with warnings.catch_warnings():  # restores warnings.showwarning on exit
+        warnings.showwarning = lambda message, *_: print(f"lungscope {verb}: warning: {message}", file=sys.stderr)
+        yield
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from lungscope.explain import explain_files
+
+    with _printed_warnings(args.verb):
+        result = explain_files(args.run, args.paths, args.out, args.method or ["gradcam"], sign=args.sign,
+                               layer=args.layer, batch_size=args.batch_size, device=args.device, cmap=args.cmap,
+                               alpha=args.alpha, threshold=args.threshold)
+    for failure in result["failed"]:
+        print(f"lungscope explain: skipped {failure['path']}: {failure['error']}", file=sys.stderr)
+    print(f"explained {result['images']} image(s): {len(result['written'])} figures in {args.out}, maps in "
+          f"{result['maps']}")
+    return EXIT_PARTIAL if result["failed"] else EXIT_OK
+
+
+_EXPLAIN_METHODS = "gradcam, guided-backprop, guided-gradcam, deconvolution, integrated-gradients, occlusion"
+
+
+def _add_explain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "explain", help="explanation maps of a run's predictions: a figure per image and method, raw maps in maps.npz",
+        description="For each image (folders are searched) and method: OUT/<stem>_<method>.png with the X-ray, the map "
+        "and the overlay, titled with the prediction, and the raw signed maps at the model's resolution in "
+        "OUT/maps.npz under <stem>/<method>. Unreadable files are listed and skipped (exit code 2). Methods known to "
+        "fail the model-randomisation test, or flagged by the run's explain-check, print a warning.",
+    )
+    p.add_argument("run", type=Path, metavar="RUN_DIR", help="run folder (or its best.pt)")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files and folders")
+    p.add_argument("--method", nargs="+", action="extend", metavar="M",
+                   help=f"one or more of {_EXPLAIN_METHODS} (default gradcam)")
+    p.add_argument("--sign", default="positive", help="positive (default), negative, absolute, or all: both signs in a "
+                   "diverging colormap")
+    p.add_argument("--layer", metavar="NAME", help="layer for gradcam/guided-gradcam (default: the last convolution)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the figures and maps.npz")
+    p.add_argument("--cmap", help="matplotlib colormap (default jet; RdBu_r for --sign all)")
+    p.add_argument("--alpha", type=float, default=0.5, help="opacity of the heatmap (default 0.5)")
+    p.add_argument("--threshold", type=float, default=0.2, help="weaker values are transparent (default 0.2 of the max)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=_cmd_explain)
+
+
+def _region(text: str) -> tuple[float, float, float, float]:
+    try:
+        x0, y0, x1, y1 = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected x0,y0,x1,y1 (four fractions), got {text!r}") from None
+    return x0, y0, x1, y1
+
+
+def _cmd_activations(args: argparse.Namespace) -> int:
+    from lungscope.explain import activation_files
+
+    for path in activation_files(args.run, args.image, args.out, layer=args.layer, top=args.top, region=args.region,
+                                 device=args.device):
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
+def _add_activations(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "activations", help="a layer's activations on one image: a channel grid and the most active channels",
+        description="Write OUT/<stem>_<layer>_activations.png (the layer's channels) and OUT/<stem>_<layer>_topK.png "
+        "(the K channels with the largest mean activation, over the image or inside --region, over the X-ray).",
+    )
+    p.add_argument("run", type=Path, metavar="RUN_DIR", help="run folder (or its best.pt)")
+    p.add_argument("image", type=Path, metavar="IMAGE", help="an image file")
+    p.add_argument("--layer", metavar="NAME", help="layer name, as in the model's named_modules (default: last conv)")
+    p.add_argument("--top", type=int, default=8, metavar="K", help="number of most active channels (default 8)")
+    p.add_argument("--region", type=_region, metavar="X0,Y0,X1,Y1",
+                   help="rank channels inside this box, in fractions of the model input (e.g. 0,0,0.5,1: left half)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the figures")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=_cmd_activations)
+
+
+def _cmd_filters(args: argparse.Namespace) -> int:
+    from lungscope.explain import filter_files
+
+    print(f"wrote {filter_files(args.run, args.out, layer=args.layer)}")
+    return EXIT_OK
+
+
+def _add_filters(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("filters", help="a convolution's kernels as a grid (default: the first layer's)",
+                       description="Write OUT/filters_<layer>.png: each kernel of the convolution on one signed scale.")
+    p.add_argument("run", type=Path, metavar="RUN_DIR", help="run folder (or its best.pt)")
+    p.add_argument("--layer", metavar="NAME", help="a convolution's name (default: the first)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the figure")
+    p.set_defaults(func=_cmd_filters)
+
+
+def _cmd_explain_check(args: argparse.Namespace) -> int:
+    from lungscope.explain import check_files, format_check
+
+    report = check_files(args.run, args.data, args.json, n=args.n, masks=args.masks, split=args.split,
+                         methods=args.method, layer=args.layer, seed=args.seed, batch_size=args.batch_size,
+                         device=args.device)
+    print(format_check(report))
+    for failure in report["failed"]:
+        print(f"lungscope explain-check: skipped {failure['path']}: {failure['error']}", file=sys.stderr)
+    print(f"\nwrote {args.json} and {args.json.with_suffix('.png')}")
+    return EXIT_OK
+
+
+def _add_explain_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "explain-check", help="how far to trust each method's maps: faithfulness, randomisation sanity, lung share",
+        description="On --n images of --data, per method: deletion and insertion curves and their areas (Petsiuk et "
+        "al. 2018); the Spearman correlation of maps under cascading randomisation of the weights (Adebayo et al. "
+        "2018), flagged at >= 0.5; with --masks (lung masks of the same file names), the share of positive map mass "
+        "inside the lung fields. Writes --json OUT, a figure beside it (.png) and RUN_DIR/explain_check.json, which "
+        "`lungscope explain` reads to warn about flagged methods.",
+    )
+    p.add_argument("run", type=Path, metavar="RUN_DIR", help="run folder")
+    p.add_argument("--data", type=Path, required=True, help="folder or CSV manifest, e.g. RUN_DIR/split.csv")
+    p.add_argument("--split", help="use only the rows of this split of a manifest (e.g. test: held-out patients)")
+    p.add_argument("--n", type=int, default=100, help="images drawn at random (seeded) from --data (default 100)")
+    p.add_argument("--masks", type=Path, metavar="DIR", help="lung masks named as the images (1/255 = lung)")
+    p.add_argument("--method", nargs="+", action="extend", metavar="M",
+                   help=f"methods to check, of {_EXPLAIN_METHODS} (default: all)")
+    p.add_argument("--layer", metavar="NAME", help="layer for gradcam/guided-gradcam (default: the last convolution)")
+    p.add_argument("--json", type=Path, required=True, metavar="OUT", help="report to write")
+    p.add_argument("--seed", type=int, default=0, help="seed of the image draw and the randomisation (default 0)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=_cmd_explain_check)
+
+
+_VERBS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_audit, _add_models, _add_train, _add_cv, _add_tune, _add_evaluate, _add_calibrate, _add_compare,
+    _add_explain, _add_activations, _add_filters, _add_explain_check,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

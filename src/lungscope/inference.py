@@ -55,11 +55,12 @@ class Classifier:
         self.image_size = image_size
         point = operating_point or {}
         self.temperature = float(point.get("temperature") or 1.0)
+        self.bias: list[float] | None = point.get("bias")
         self.threshold: float | None = point.get("threshold_calibrated")
         self.raw_threshold: float | None = point.get("threshold")
         preprocess = build_preprocess(image_size, resize=config.get("resize", "squash"), clahe=config.get("clahe", False))
         normalise = build_augment_normalise(train=False)
-        self._transform = lambda pixels: normalise(preprocess(pixels))
+        self.transform = lambda pixels: normalise(preprocess(pixels))  # 2-D [0, 1] array -> model input (1, S, S)
 
     @classmethod
     def load(cls, source: str | os.PathLike[str]) -> Classifier:
@@ -72,19 +73,31 @@ class Classifier:
         model.load_state_dict(state["model"])
         return cls(model, state["classes"], config, state["image_size"], state.get("operating_point"))
 
-    def _probabilities(self, logits: torch.Tensor, calibrated: bool) -> np.ndarray:
-        probabilities = torch.softmax(logits, dim=1).numpy()
-        return apply_temperature(probabilities, self.temperature) if calibrated else probabilities
+    def probabilities(self, logits: torch.Tensor, calibrated: bool = True) -> np.ndarray:
+        """Class probabilities (N x C) of the model's logits, temperature-scaled when ``calibrated``."""
+        probabilities = torch.softmax(logits.detach().float().cpu(), dim=1).numpy()
+        return self.calibrate(probabilities) if calibrated else probabilities
+
+    def calibrate(self, probabilities: np.ndarray) -> np.ndarray:
+        """Apply the run's calibration (temperature, and bias where fitted) to uncalibrated probabilities."""
+        return apply_temperature(probabilities, self.temperature, self.bias)
+
+    def decide(self, probabilities: np.ndarray) -> np.ndarray:
+        """The class index called for each row of calibrated probabilities: the operating threshold on a binary
+        model that has one, else the most probable class."""
+        if self.threshold is not None and probabilities.shape[1] == 2:
+            return (probabilities[:, 1] >= self.threshold).astype(np.int64)
+        return probabilities.argmax(axis=1)
 
     @torch.inference_mode()
     def predict_arrays(self, images: Iterable[np.ndarray], *, calibrated: bool = True) -> np.ndarray:
         """Probabilities (N x classes) of 2-D float [0, 1] images, as :func:`read_image` returns them."""
-        batch = torch.stack([self._transform(image) for image in images])
-        return self._probabilities(self.model(batch), calibrated)
+        batch = torch.stack([self.transform(image) for image in images])
+        return self.probabilities(self.model(batch), calibrated)
 
     def _read(self, path: str) -> torch.Tensor | str:
         try:
-            return self._transform(read_image(path).pixels)
+            return self.transform(read_image(path).pixels)
         except ImageReadError as error:
             return error.reason
 
@@ -111,7 +124,7 @@ class Classifier:
                 probabilities = {}
                 if good:
                     logits = self.model(torch.stack([tensor for _, tensor in good]))
-                    probabilities = dict(zip((p for p, _ in good), self._probabilities(logits, calibrated)))
+                    probabilities = dict(zip((p for p, _ in good), self.probabilities(logits, calibrated)))
                 for path, result in results:
                     if isinstance(result, str):
                         yield Prediction(path, None, result)

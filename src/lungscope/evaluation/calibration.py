@@ -1,18 +1,26 @@
-"""Probability calibration: expected calibration error and temperature scaling (Guo et al. 2017)."""
+"""Probability calibration: expected calibration error, temperature scaling (Guo et al. 2017), and temperature
+scaling with a per-class bias (for two classes, Platt scaling of the logit).
+
+A temperature only rescales the logits, so it cannot undo probabilities that are *shifted* towards one class; a
+bias can. Both are fitted by minimising the log-loss on validation data and keep the ranking of a binary model.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax, softmax
 
 
-def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    """Softmax probabilities (N x C) as if the logits had been divided by ``temperature``.
+def apply_temperature(
+    probabilities: np.ndarray, temperature: float, bias: np.ndarray | list[float] | None = None
+) -> np.ndarray:
+    """Softmax probabilities (N x C) as if the logits had been divided by ``temperature`` (and ``bias`` added).
 
     ``log p`` equals the logits up to a per-row constant, which softmax ignores, so probabilities suffice.
     """
-    return softmax(np.log(np.clip(probabilities, 1e-12, 1.0)) / temperature, axis=1)
+    logits = np.log(np.clip(probabilities, 1e-12, 1.0)) / temperature
+    return softmax(logits if bias is None else logits + np.asarray(bias), axis=1)
 
 
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -25,6 +33,21 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
 
     result = minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded")
     return float(np.exp(result.x))
+
+
+def fit_temperature_and_bias(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """The temperature and per-class bias (class 0's fixed at 0) minimising the negative log-likelihood (L-BFGS)."""
+    log_p = np.log(np.clip(probabilities, 1e-12, 1.0))
+    rows, classes = np.arange(len(labels)), probabilities.shape[1]
+
+    def nll(params: np.ndarray) -> float:
+        bias = np.concatenate([[0.0], params[1:]])
+        return float(-log_softmax(log_p / np.exp(params[0]) + bias, axis=1)[rows, labels].mean())
+
+    start = np.zeros(classes)
+    bounds = [(-3.0, 3.0)] + [(-20.0, 20.0)] * (classes - 1)
+    result = minimize(nll, start, method="L-BFGS-B", bounds=bounds)
+    return float(np.exp(result.x[0])), np.concatenate([[0.0], result.x[1:]])
 
 
 def reliability(probabilities: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> dict[str, np.ndarray]:

@@ -10,26 +10,44 @@ import numpy as np
 import pandas as pd
 
 from lungscope.errors import ConfigError
-from lungscope.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature
+from lungscope.evaluation.calibration import (
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    fit_temperature_and_bias,
+)
 from lungscope.evaluation.threshold import choose_threshold
 from lungscope.checkpoint import load_checkpoint, save_checkpoint
 
 CALIBRATION_FILE = "calibration.json"
+CALIBRATIONS = ("temperature", "temperature+bias")
 
 
 def operating_point(
-    probabilities: np.ndarray, labels: np.ndarray, *, target_sensitivity: float | None = None
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    *,
+    target_sensitivity: float | None = None,
+    calibration: str = "temperature+bias",
 ) -> dict[str, Any]:
-    """Temperature and threshold from validation probabilities (N x C) and class indices.
+    """Calibration and threshold from validation probabilities (N x C) and class indices.
 
-    ``threshold`` applies to the uncalibrated probability of class 1, ``threshold_calibrated`` to the calibrated one
-    (temperature scaling is monotonic, so both make the same decisions). Multi-class runs decide by the largest
-    probability and get no threshold.
+    ``calibration``: ``temperature`` (one temperature) or ``temperature+bias`` (also a per-class bias, which can
+    undo a shift towards one class that a temperature cannot). ``threshold`` applies to the uncalibrated
+    probability of class 1, ``threshold_calibrated`` to the calibrated one (the calibration is monotonic for two
+    classes, so both make the same decisions). Multi-class runs decide by the largest probability: no threshold.
     """
-    temperature = fit_temperature(probabilities, labels)
-    calibrated = apply_temperature(probabilities, temperature)
+    if calibration not in CALIBRATIONS:
+        raise ConfigError(f"calibration must be one of {', '.join(CALIBRATIONS)}, not {calibration!r}")
+    if calibration == "temperature":
+        temperature, bias = fit_temperature(probabilities, labels), None
+    else:
+        temperature, bias = fit_temperature_and_bias(probabilities, labels)
+    calibrated = apply_temperature(probabilities, temperature, bias)
     point: dict[str, Any] = {
+        "calibration": calibration,
         "temperature": temperature,
+        "bias": None if bias is None else [float(b) for b in bias],
         "ece_before": expected_calibration_error(probabilities, labels),
         "ece_after": expected_calibration_error(calibrated, labels),
         "n_val": int(len(labels)),
@@ -43,7 +61,7 @@ def operating_point(
         positive = probabilities[:, 1] >= threshold
         point.update(
             threshold=threshold,
-            threshold_calibrated=float(apply_temperature(np.array([[1 - threshold, threshold]]), temperature)[0, 1]),
+            threshold_calibrated=float(apply_temperature(np.array([[1 - threshold, threshold]]), temperature, bias)[0, 1]),
             rule="youden" if target_sensitivity is None else "target_sensitivity",
             val_sensitivity=float(positive[labels == 1].mean()),
             val_specificity=float((~positive[labels == 0]).mean()),
@@ -56,11 +74,14 @@ def store_operating_point(run_dir: str | Path, point: dict[str, Any]) -> None:
     run_dir = Path(run_dir)
     (run_dir / CALIBRATION_FILE).write_text(json.dumps(point, indent=2) + "\n")
     best = load_checkpoint(run_dir / "best.pt")
-    best["operating_point"] = {k: point[k] for k in ("temperature", "threshold", "threshold_calibrated", "rule")}
+    keys = ("calibration", "temperature", "bias", "threshold", "threshold_calibrated", "rule")
+    best["operating_point"] = {k: point[k] for k in keys}
     save_checkpoint(best, run_dir / "best.pt")
 
 
-def calibrate_run(run_dir: str | Path, *, target_sensitivity: float | None = None) -> dict[str, Any]:
+def calibrate_run(
+    run_dir: str | Path, *, target_sensitivity: float | None = None, calibration: str = "temperature+bias"
+) -> dict[str, Any]:
     """Refit a finished run's operating point on its validation split (e.g. for a target sensitivity)."""
     from lungscope.inference import Classifier  # inference imports this module
 
@@ -73,6 +94,9 @@ def calibrate_run(run_dir: str | Path, *, target_sensitivity: float | None = Non
     predictions = [p for p in classifier.predict_files(val["path"].tolist(), calibrated=False) if p.error is None]
     label_of = dict(zip(val["path"], val["label"]))
     labels = np.array([classifier.classes.index(label_of[p.path]) for p in predictions])
-    point = operating_point(np.stack([p.probabilities for p in predictions]), labels, target_sensitivity=target_sensitivity)
+    point = operating_point(
+        np.stack([p.probabilities for p in predictions]), labels,
+        target_sensitivity=target_sensitivity, calibration=calibration,
+    )
     store_operating_point(run_dir, point)
     return point

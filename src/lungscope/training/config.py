@@ -18,6 +18,7 @@ _CHOICES = {
     "resize": ("squash", "pad"),
     "monitor": ("val_auc", "val_loss", "val_accuracy"),
     "labels": ("binary", "three-class", "tb"),
+    "calibration": ("temperature", "temperature+bias"),
 }
 
 
@@ -49,6 +50,7 @@ class TrainConfig:
     monitor: str = "val_auc"
     class_weights: bool = False
     sampler: str = "none"
+    calibration: str = "temperature+bias"  # fitted on validation when training ends: or "temperature" alone
     target_sensitivity: float | None = None  # operating threshold: this sensitivity on validation (default: Youden's J)
     freeze_epochs: int = 0  # two-stage fine-tuning: train only the new head for this many epochs
     finetune_lr: float | None = None  # stage-two learning rate (default lr / 10)

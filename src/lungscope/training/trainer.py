@@ -241,7 +241,9 @@ class Trainer:
         bar.close()
         plot_curves(metrics_path, self.out / "curves.png")
         model.load_state_dict(load_checkpoint(self.out / "best.pt")["model"])
-        point = operating_point(*predict(model, val_loader, self.device), target_sensitivity=c.target_sensitivity)
+        point = operating_point(
+            *predict(model, val_loader, self.device), target_sensitivity=c.target_sensitivity, calibration=c.calibration
+        )
         store_operating_point(self.out, point)
         summary = {
             "model": c.model, "monitor": c.monitor, "best_epoch": state.best_epoch, "best_value": state.best,

@@ -1,0 +1,132 @@
+"""Figures of an evaluation: ROC and precision-recall curves with the operating point, the confusion matrix, the
+reliability diagram; :func:`save_figures` writes them as PNG with the run's training curves."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_curve, roc_curve
+
+from lungscope.evaluation.calibration import apply_temperature, reliability
+from lungscope.evaluation.evaluate import Evaluation
+from lungscope.training.curves import plot_curves
+
+_SIZE = (4.8, 4.2)
+
+
+def _one_vs_rest(evaluation: Evaluation) -> list[tuple[str, np.ndarray, np.ndarray, dict]]:
+    """(name, 0/1 truth, score, its metrics) per curve: the positive class of a binary run, else every class
+    against the rest."""
+    p, y, report = evaluation.probabilities, evaluation.targets, evaluation.report
+    if evaluation.threshold is not None:
+        return [(evaluation.classes[1], (y == 1).astype(int), p[:, 1], report["metrics"])]
+    return [(name, (y == k).astype(int), p[:, k], report["per_class"][name])
+            for k, name in enumerate(evaluation.classes)]
+
+
+def _undefined(ax: Axes, truth: np.ndarray) -> bool:
+    """Write why there is no curve when ``truth`` holds one class only."""
+    if 0 < truth.sum() < len(truth):
+        return False
+    ax.text(0.5, 0.5, "undefined: the data hold one class only", ha="center", va="center", transform=ax.transAxes)
+    return True
+
+
+def _operating_marks(evaluation: Evaluation) -> list[tuple[str, dict, str]]:
+    """(label, metrics at that threshold, marker) for the operating threshold and 0.5 of a binary run."""
+    report = evaluation.report
+    return [(f"threshold {evaluation.threshold:.3f}", report["metrics"], "o"),
+            ("threshold 0.5", report["metrics_at_0_5"], "s")]
+
+
+def roc_figure(evaluation: Evaluation) -> Figure:
+    """ROC curve(s); a binary run's operating point and 0.5 are marked."""
+    fig = Figure(figsize=_SIZE, layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], ":", color="grey", linewidth=1)
+    for name, truth, score, metrics in _one_vs_rest(evaluation):
+        if _undefined(ax, truth):
+            continue
+        fpr, tpr, _ = roc_curve(truth, score)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {metrics['roc_auc']['value']:.3f})")
+    if evaluation.threshold is not None:
+        for label, metrics, marker in _operating_marks(evaluation):
+            if metrics["specificity"]["value"] is not None and metrics["recall"]["value"] is not None:
+                ax.plot(1 - metrics["specificity"]["value"], metrics["recall"]["value"], marker, label=label)
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize="small")
+    return fig
+
+
+def pr_figure(evaluation: Evaluation) -> Figure:
+    """Precision-recall curve(s); a binary run's operating point and 0.5 are marked."""
+    fig = Figure(figsize=_SIZE, layout="constrained")
+    ax = fig.add_subplot()
+    for name, truth, score, metrics in _one_vs_rest(evaluation):
+        if _undefined(ax, truth):
+            continue
+        precision, recall, _ = precision_recall_curve(truth, score)
+        ax.step(recall, precision, where="post", label=f"{name} (AP {metrics['pr_auc']['value']:.3f})")
+    if evaluation.threshold is not None:
+        for label, metrics, marker in _operating_marks(evaluation):
+            if metrics["precision"]["value"] is not None and metrics["recall"]["value"] is not None:
+                ax.plot(metrics["recall"]["value"], metrics["precision"]["value"], marker, label=label)
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision", title="precision-recall", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower left", fontsize="small")
+    return fig
+
+
+def confusion_figure(evaluation: Evaluation) -> Figure:
+    """The confusion matrix at the operating threshold (counts; rows true, columns predicted)."""
+    fig = Figure(figsize=_SIZE, layout="constrained")
+    ax = fig.add_subplot()
+    matrix = np.asarray(evaluation.report["confusion_matrix"])
+    ConfusionMatrixDisplay(matrix, display_labels=evaluation.classes).plot(ax=ax, colorbar=False, values_format="d")
+    rule = "largest probability" if evaluation.threshold is None else f"threshold {evaluation.threshold:.3f}"
+    ax.set_title(f"confusion matrix ({rule})")
+    return fig
+
+
+def reliability_figure(evaluation: Evaluation) -> Figure:
+    """Observed frequency against mean predicted probability per bin, before and after temperature scaling."""
+    fig = Figure(figsize=_SIZE, layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], ":", color="grey", linewidth=1, label="perfect calibration")
+    calibration = evaluation.report["calibration"]
+    raw = evaluation.raw_probabilities
+    for name, probabilities, ece in (
+        ("uncalibrated", raw, calibration["ece_uncalibrated"]),
+        (f"temperature {calibration['temperature']:.2f}", apply_temperature(raw, calibration["temperature"], calibration.get("bias")),
+         calibration["ece_calibrated"]),
+    ):
+        table = reliability(probabilities, evaluation.targets)
+        filled = table["count"] > 0
+        ax.plot(table["mean_predicted"][filled], table["observed"][filled], "o-", label=f"{name} (ECE {ece:.3f})")
+    what = "positive" if evaluation.threshold is not None else "top-label"
+    ax.set(xlabel=f"mean predicted probability ({what})", ylabel="observed frequency", title="reliability",
+           xlim=(0, 1), ylim=(-0.02, 1.02))
+    ax.legend(loc="upper left", fontsize="small")
+    return fig
+
+
+FIGURES = {"roc": roc_figure, "pr": pr_figure, "confusion": confusion_figure, "reliability": reliability_figure}
+
+
+def save_figures(evaluation: Evaluation, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write ``roc.png``, ``pr.png``, ``confusion.png``, ``reliability.png`` and, when the run folder has its
+    ``metrics.csv``, ``curves.png`` (the training curves) into ``out_dir``; returns name -> path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, draw in FIGURES.items():
+        paths[name] = out_dir / f"{name}.png"
+        draw(evaluation).savefig(paths[name], dpi=100)
+    metrics_csv = Path(evaluation.report["run"]) / "metrics.csv"
+    if metrics_csv.is_file():
+        paths["curves"] = out_dir / "curves.png"
+        plot_curves(metrics_csv, paths["curves"])
+    return paths
