@@ -131,3 +131,34 @@ def predict_to_files(
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(run.rows, indent=2) + "\n")
     return run
+
+
+def write_results_page(
+    rows: Sequence[dict[str, Any]], out_html: str | os.PathLike[str], *, model: str, figures: dict[str, str] | None = None
+) -> Path:
+    """A small HTML page of batch predictions, most probable first, with each image's explanation figure
+    (``figures``: path -> PNG file, linked relative to the page) where there is one."""
+    from html import escape
+
+    out_html = Path(out_html)
+    out_html.parent.mkdir(parents=True, exist_ok=True)
+    ordered = sorted(rows, key=lambda r: -1.0 if r["probability"] is None else r["probability"], reverse=True)
+    cards = []
+    for row in ordered:
+        figure = (figures or {}).get(row["path"])
+        picture = (f'<img src="{escape(os.path.relpath(figure, out_html.parent))}" alt="explanation">'
+                   if figure else "")
+        verdict = (f'<span class="error">{escape(row["error"])}</span>' if row["error"] else
+                   f'<b class="{escape(row["prediction"])}">{escape(row["prediction"])}</b> p = {row["probability"]:.3f}')
+        cards.append(f'<section><h2>{escape(Path(row["path"]).name)}</h2><p>{verdict}</p>{picture}</section>')
+    out_html.write_text(f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>lungscope predictions</title>
+<style>body{{font-family:system-ui,sans-serif;margin:1.5rem;color:#1d2733}} section{{margin-bottom:1.5rem}}
+img{{max-width:100%;border:1px solid #ddd}} .PNEUMONIA,.TUBERCULOSIS{{color:#b3261e}} .NORMAL{{color:#2e7d4f}}
+.error{{color:#777}} h2{{font-size:1.05rem;margin:0}}</style></head>
+<body><h1>lungscope predictions</h1>
+<p>Model: {escape(model)}. {len(rows)} file(s), most probable first. A research tool, not a diagnostic device.</p>
+{''.join(cards)}
+</body></html>
+""")
+    return out_html
