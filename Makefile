@@ -29,8 +29,9 @@ browser:
 test: install browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The main job: the bundled model predicts the sample X-rays, explains each with Grad-CAM, writes a results page.
 demo: install
-	$(BIN)/lungscope audit samples
+	$(BIN)/lungscope predict samples --explain gradcam --out demo-output --html
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -100,3 +100,20 @@ def test_interrupted_run_keeps_finished_rows(quick_run: Path, folder: Path, tmp_
         predict_to_files(classifier, [folder], csv_path=out)
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 4 and all(r["path"] for r in rows)
+
+
+def test_cli_exit_codes_and_results_page(folder: Path, tmp_path: Path, capsys) -> None:
+    from lungscope.cli import main
+
+    out = tmp_path / "out"
+    assert main(["predict", str(folder), "--csv", str(tmp_path / "p.csv"), "--explain", "gradcam", "--out", str(out),
+                 "--html"]) == 2  # some files could not be read
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert sum(1 for r in rows if r["error"]) == 2 and sum(1 for r in rows if not r["error"]) == 7
+    page = (out / "index.html").read_text()
+    assert page.count("<section>") == 9 and page.count("_gradcam.png") == 7
+    assert all((out / src.split('"')[0]).is_file() for src in page.split('<img src="')[1:])
+    good = sorted(folder.glob("*.jpeg"))[1]
+    assert main(["predict", str(good)]) == 0
+    assert "p = " in capsys.readouterr().out
+    assert main(["predict", str(good), "--explain", "gradcam"]) == 1  # --explain without --out: a usage error

@@ -1,0 +1,53 @@
+"""Which methods' maps may not depend on the model, and the warning ``explain`` gives when one is used."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+# Methods that fail the model-randomisation test in the literature: their maps stay nearly the same when the
+# network's weights are replaced by random ones, so they show the image's edges more than what the model uses.
+KNOWN_FLAGGED: dict[str, str] = {
+    "guided-backprop": "fails the model-randomisation test (Adebayo et al. 2018, Sanity Checks for Saliency Maps)",
+    "guided-gradcam": "fails the model-randomisation test (Adebayo et al. 2018, Sanity Checks for Saliency Maps)",
+    "deconvolution": "reconstructs the image regardless of the weights (Nie et al. 2018, ICML)",
+}
+# A method is flagged when its signed maps keep at least this Spearman rank correlation, averaged over the cascade,
+# with the maps of the trained model while the weights are randomised from the top layer down.
+FLAG_THRESHOLD = 0.5
+CHECK_FILE = "explain_check.json"  # where ``lungscope explain-check`` leaves its report in the run folder
+
+
+class SanityWarning(UserWarning):
+    """The maps of this method may barely depend on the model's weights."""
+
+
+def check_path(run: str | os.PathLike[str]) -> Path:
+    """Where a run's explain-check report lives: in the run folder (beside the checkpoint if given one)."""
+    run = Path(run)
+    return (run if run.is_dir() else run.parent) / CHECK_FILE
+
+
+def untrusted_reason(method: str, run: str | os.PathLike[str] | None = None) -> str | None:
+    """Why ``method``'s maps should not be trusted (literature, or the run's own explain-check), or None."""
+    reasons = [KNOWN_FLAGGED[method]] if method in KNOWN_FLAGGED else []
+    check = check_path(run) if run is not None else None
+    if check is not None and check.is_file():
+        try:
+            entry = json.loads(check.read_text())["methods"].get(method)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            entry = None  # a foreign or damaged file says nothing about this run
+        if entry and entry.get("flagged"):
+            reasons.append(
+                f"its maps kept a rank correlation of {entry['randomization_spearman']:.2f} with those of randomised "
+                f"weights in this run's explain-check ({check})"
+            )
+    return "; ".join(reasons) or None
+
+
+def warn_if_untrusted(method: str, run: str | os.PathLike[str] | None = None, stacklevel: int = 3) -> None:
+    """Issue a :class:`SanityWarning` if :func:`untrusted_reason` gives one."""
+    if reason := untrusted_reason(method, run):
+        warnings.warn(f"{method} maps may not reflect the model: {reason}", SanityWarning, stacklevel=stacklevel)

@@ -1,0 +1,131 @@
+"""The web API and the clinician's page, with the bundled model."""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from lungscope.data.io import read_image
+from lungscope.inference import Classifier
+from lungscope.serve import create_app
+from test_predict import _dicom
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "samples" / "PNEUMONIA" / "person1057_bacteria_2991.jpeg"
+
+
+@pytest.fixture(scope="module")
+def classifier() -> Classifier:
+    return Classifier.load("default")
+
+
+@pytest.fixture(scope="module")
+def client(classifier: Classifier) -> TestClient:
+    return TestClient(create_app(classifier, model_name="default", max_upload=2_000_000))
+
+
+def _upload(path: Path, name: str | None = None) -> dict:
+    return {"file": (name or path.name, path.read_bytes(), "application/octet-stream")}
+
+
+def test_predict_matches_the_python_api(client: TestClient, classifier: Classifier) -> None:
+    answer = client.post("/api/predict", files=_upload(SAMPLE)).json()
+    assert set(answer) == {"probability", "prediction", "threshold", "model"}
+    expected = classifier.predict_arrays([read_image(SAMPLE).pixels])[0, 1]
+    assert answer["probability"] == pytest.approx(float(expected), abs=1e-6)
+    assert answer["prediction"] == ("PNEUMONIA" if expected >= classifier.threshold else "NORMAL")
+    assert answer["threshold"] == pytest.approx(classifier.threshold)
+
+
+def test_explain_returns_an_overlay_at_the_image_size(client: TestClient, tmp_path: Path) -> None:
+    wide = tmp_path / "wide.png"
+    Image.fromarray((read_image(SAMPLE).pixels * 255).astype(np.uint8)).resize((300, 200)).save(wide)
+    for view, mode in (("overlay", "RGB"), ("heatmap", "RGBA")):
+        response = client.post("/api/explain", files=_upload(wide), data={"method": "gradcam", "view": view})
+        assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+        image = Image.open(__import__("io").BytesIO(response.content))
+        assert image.size == (300, 200) and image.mode == mode
+    assert client.post("/api/explain", files=_upload(wide), data={"method": "magic"}).status_code == 400
+
+
+def test_dicom_upload_predicts_like_the_jpeg(client: TestClient, tmp_path: Path) -> None:
+    dicom = _dicom(tmp_path / "study", np.rint(read_image(SAMPLE).pixels * 4095))
+    from_dicom = client.post("/api/predict", files=_upload(dicom)).json()["probability"]
+    from_jpeg = client.post("/api/predict", files=_upload(SAMPLE)).json()["probability"]
+    assert from_dicom == pytest.approx(from_jpeg, abs=0.02)
+    assert client.post("/api/image", files=_upload(dicom)).status_code == 200
+
+
+def test_bad_uploads(client: TestClient, tmp_path: Path) -> None:
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    response = client.post("/api/predict", files=_upload(text))
+    assert response.status_code == 415 and "not an image" in response.json()["detail"]
+    truncated = tmp_path / "cut.jpeg"
+    truncated.write_bytes(SAMPLE.read_bytes()[:3000])
+    assert client.post("/api/predict", files=_upload(truncated)).status_code == 400
+    big = {"file": ("big.png", b"\0" * 3_000_000, "image/png")}
+    response = client.post("/api/predict", files=big)
+    assert response.status_code == 413 and "MB" in response.json()["detail"]
+    assert client.post("/api/predict").status_code == 422  # no file field
+
+
+def test_concurrent_requests_and_nothing_left_on_disk(client: TestClient) -> None:
+    before = set(Path(tempfile.gettempdir()).glob("lungscope-upload-*"))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda _: client.post("/api/predict", files=_upload(SAMPLE)).json(), range(16)))
+        maps = list(pool.map(lambda _: client.post("/api/explain", files=_upload(SAMPLE)).status_code, range(6)))
+    assert len({a["probability"] for a in answers}) == 1 and maps == [200] * 6
+    assert set(Path(tempfile.gettempdir()).glob("lungscope-upload-*")) == before
+
+
+def test_openapi_docs(client: TestClient) -> None:
+    assert client.get("/docs").status_code == 200
+    assert {"/api/predict", "/api/explain"} <= set(client.get("/openapi.json").json()["paths"])
+
+
+@pytest.fixture(scope="module")
+def server(classifier: Classifier) -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = uvicorn.Config(create_app(classifier, model_name="default"), host="127.0.0.1", port=port, log_level="warning")
+    instance = uvicorn.Server(config)
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not instance.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    instance.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_page_end_to_end_in_chromium(server: str, chromium, tmp_path: Path) -> None:
+    page = chromium.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.goto(server + "/")
+        page.wait_for_function("document.querySelectorAll('#method option').length > 0")
+        page.set_input_files("#files", [str(SAMPLE), str(REPO / "samples" / "NORMAL" / "IM-0133-0001.jpeg")])
+        page.wait_for_function("document.querySelectorAll('#worklist li .prob').length === 2 && "
+                               "[...document.querySelectorAll('#worklist li .prob')].every(e => e.textContent.endsWith('%'))")
+        page.wait_for_function("document.getElementById('heat').naturalWidth > 0", timeout=60_000)
+        probabilities = [float(t.rstrip("%")) for t in page.locator("#worklist li .prob").all_text_contents()]
+        assert probabilities == sorted(probabilities, reverse=True)  # the worklist puts the likeliest first
+        assert "PNEUMONIA" in page.locator("#verdict").text_content() or "NORMAL" in page.locator("#verdict").text_content()
+        page.locator("#opacity").fill("0.8")
+        assert page.eval_on_selector("#heat", "e => e.style.opacity") == "0.8"
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        assert (tmp_path / "page.png").stat().st_size > 10_000
+    finally:
+        page.close()
