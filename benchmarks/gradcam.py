@@ -6,12 +6,17 @@ convolution and explaining the predicted class. The two implementations are time
 the load of a shared machine falls on both alike; the table gives the median of the repeats.
 
 What each call does: lungscope runs a forward pass without gradients (to choose the class and report its
-probability), then Captum's LayerGradCam (forward + backward with hooks) and a bilinear upsampling of the signed map;
-pytorch-grad-cam runs one forward + backward, then ReLU, min-max scaling and an OpenCV resize per image. Run from the
-repository root (pytorch-grad-cam is a test-only dependency):
+probability), then Captum's LayerGradCam: a forward pass and ``torch.autograd.grad`` of the class score with respect
+to the layer's output only, so no weight gradients and no backward below the layer; then a bilinear upsampling of
+the signed map. pytorch-grad-cam runs one forward pass and ``loss.backward()``, which computes every parameter's
+gradient down to the first layer, then ReLU, min-max scaling and an OpenCV resize per image. On three-block-cnn
+lungscope's extra forward pass outweighs the backward it skips; on resnet18, where nearly all of the network lies
+below the last convolution, the skipped backward outweighs it. Run from the repository root (pytorch-grad-cam is
+a test-only dependency):
 
     .venv/bin/python benchmarks/gradcam.py            # writes benchmarks/results/gradcam.md
     .venv/bin/python benchmarks/gradcam.py --quick    # smoke run; prints only
+    .venv/bin/python benchmarks/gradcam.py --threads 1  # on a busy machine
 """
 
 from __future__ import annotations
@@ -93,7 +98,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=9, help="timed calls per implementation and cell (default 9)")
     parser.add_argument("--quick", action="store_true", help="2 repeats, nothing written: a smoke run")
     parser.add_argument("--output", type=Path, help=f"Markdown file to write (default: {RESULTS})")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core); on a busy machine "
+                        "1 avoids OpenMP threads waiting for each other, which slows small batches several-fold")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     repeats = 2 if args.quick else args.repeats
     load_before = os.getloadavg()[0]
     rows = []

@@ -13,7 +13,8 @@ weights, it measures:
 
 Batch sizes shrink for the heavy networks so that one step stays near ``STEP_BUDGET_GFLOP``; the table says which
 were used. Each measurement runs warm-up steps for about a second, then timed steps until it has at least 2 steps
-and 3 s. All 13 models take about 6 minutes on 2 cores. Run from the repository root:
+and 3 s. All 13 models took 12 minutes on 2 cores shared with other jobs (load 4-6); an idle machine is faster.
+Each model runs in a fresh process. Run from the repository root:
 
     .venv/bin/python benchmarks/models.py                         # every model; writes benchmarks/results/models.md
     .venv/bin/python benchmarks/models.py --models resnet18,shallow-cnn --quick   # smoke run; prints only
