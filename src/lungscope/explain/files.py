@@ -67,14 +67,10 @@ def unique_stems(paths: Sequence[Path]) -> list[str]:
 
 
 def _decide(classifier: Classifier, logits: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
-    """The class the run predicts for each image (its operating threshold on a binary run) and the calibrated
+    """The class the run calls for each image (its operating threshold on a binary run) and the calibrated
     probabilities, as ``lungscope predict`` reports them."""
-    probs = classifier.probabilities(logits.float().cpu(), calibrated=True)
-    if classifier.threshold is not None and probs.shape[1] == 2:
-        decided = (probs[:, 1] >= classifier.threshold).astype(np.int64)
-    else:
-        decided = probs.argmax(axis=1)
-    return torch.as_tensor(decided), probs
+    probabilities = classifier.probabilities(logits)
+    return torch.as_tensor(classifier.decide(probabilities)), probabilities
 
 
 def _read(classifier: Classifier, path: Path) -> tuple[np.ndarray, torch.Tensor] | str:
@@ -282,7 +278,8 @@ def check_files(
     json_out.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(report, indent=2) + "\n"
     json_out.write_text(text)
-    check_path(run).write_text(text)
+    if (copy := check_path(run)) is not None:
+        copy.write_text(text)
     trust_figure(report, title=f"explain-check of {Path(run).name} on {len(inputs)} images of {data}").savefig(
         json_out.with_suffix(".png"), dpi=100
     )

@@ -24,16 +24,19 @@ class SanityWarning(UserWarning):
     """The maps of this method may barely depend on the model's weights."""
 
 
-def check_path(run: str | os.PathLike[str]) -> Path:
-    """Where a run's explain-check report lives: in the run folder (beside the checkpoint if given one)."""
-    run = Path(run)
-    return (run if run.is_dir() else run.parent) / CHECK_FILE
+def check_path(run: str | os.PathLike[str] | None) -> Path | None:
+    """Where a run's explain-check report lives: in the run folder, or beside the checkpoint if given one; None
+    for anything else (``"default"``, the bundled model)."""
+    path = Path(run) if run is not None else None
+    if path is None or not path.exists():
+        return None
+    return (path if path.is_dir() else path.parent) / CHECK_FILE
 
 
 def untrusted_reason(method: str, run: str | os.PathLike[str] | None = None) -> str | None:
     """Why ``method``'s maps should not be trusted (literature, or the run's own explain-check), or None."""
     reasons = [KNOWN_FLAGGED[method]] if method in KNOWN_FLAGGED else []
-    check = check_path(run) if run is not None else None
+    check = check_path(run)
     if check is not None and check.is_file():
         try:
             entry = json.loads(check.read_text())["methods"].get(method)
