@@ -35,25 +35,17 @@ from lungscope.explain.sanity import check_path, warn_if_untrusted
 from lungscope.explain.trust import explain_check, trust_figure
 from lungscope.explain.views import default_cmap, explanation_figure, map_to_image, signed_view
 from lungscope.inference import Classifier
+from lungscope.predict import collect_inputs
 from lungscope.progress import progress_bar
 
 Failure = dict[str, str]
 
 
 def collect_images(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], list[Failure]]:
-    """Files as given and every image below each folder (sorted); a missing path is a failure, not an error."""
-    images: list[Path] = []
-    failed: list[Failure] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found, skipped = find_images(path)
-            images += found
-            failed += skipped
-        elif path.exists():
-            images.append(path)
-        else:
-            failed.append({"path": str(path), "error": "file not found"})
-    return images, failed
+    """Files, folders (recursively) and globs, as ``lungscope predict`` expands them; a path that names nothing
+    readable is a failure, not an error."""
+    files, failed = collect_inputs(paths)
+    return [Path(f) for f in files], failed
 
 
 def unique_stems(paths: Sequence[Path]) -> list[str]:
