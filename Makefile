@@ -7,9 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install browser test demo benchmarks clean
+.PHONY: install java browser test demo benchmarks clean
 
-install: $(STAMP)
+install: $(STAMP) java
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,13 @@ $(STAMP): pyproject.toml Makefile
 	@# opencv-python (the GUI build) over our headless OpenCV, so it is installed without them (it needs only ttach).
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps grad-cam==1.5.7 ttach==0.0.3
 	@touch $(STAMP)
+
+# Java 17 for PySpark (the Spark engine of `features` and `predict`): Debian's headless JRE where none is installed.
+java:
+	@command -v java >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null; \
+	  else echo "note: java not installed (needs root and apt-get); Spark tests will fail"; fi; }
 
 # Headless Chromium for the browser tests of the HTML report and the web page (Debian's package; no downloads).
 browser:

@@ -14,7 +14,9 @@ from PIL import Image
 from sklearn.metrics import confusion_matrix, log_loss
 from test_metrics import sklearn_binary
 
-from lungscope.cli import EXIT_OK, EXIT_PARTIAL, _train_config, build_parser, main
+from lungscope.cli import build_parser, main
+from lungscope.cli.common import EXIT_OK, EXIT_PARTIAL
+from lungscope.cli.training import train_config
 from lungscope.data.datasets import scan_dataset
 from lungscope.data.splits import load_manifest, save_manifest, subsample_by_patient
 from lungscope.errors import ConfigError, DatasetError
@@ -195,4 +197,4 @@ def test_calibrate_to_a_target_sensitivity_moves_the_threshold_evaluate_uses(
     report = evaluate_run(copy, copy / "split.csv", split="test", n_resamples=10).report
     assert report["threshold"] == point["threshold"] and report["operating_point"]["rule"] == "target_sensitivity"
     args = build_parser().parse_args(["train", "--out", "x", "--data", "d", "--target-sensitivity", "0.95"])
-    assert _train_config(args).target_sensitivity == 0.95
+    assert train_config(args).target_sensitivity == 0.95

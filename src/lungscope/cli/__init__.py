@@ -1,0 +1,43 @@
+"""The ``lungscope`` command: a thin layer over the Python API.
+
+Every verb has ``--help``. Errors that are the user's (a bad path, a bad option, an unreadable file) print one line
+and exit 1; nothing a user can cause ends in a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from lungscope import __version__
+from lungscope.cli import data, deploy, evaluation, explain, training
+from lungscope.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, Parser
+from lungscope.errors import LungscopeError
+
+_VERBS = [*data.VERBS, *training.VERBS, *evaluation.VERBS, *explain.VERBS, *deploy.VERBS]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, one sub-command per verb."""
+    parser = Parser(prog="lungscope", description="Explainable chest X-ray screening.")
+    parser.add_argument("--version", action="version", version=f"lungscope {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
+    sub.required = True
+    for add in _VERBS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LungscopeError as error:
+        print(f"lungscope {args.verb}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"lungscope {args.verb}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+

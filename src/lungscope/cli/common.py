@@ -1,0 +1,36 @@
+"""What every verb module shares: exit codes, the parser class, JSON output, warnings printed as one line."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+EXIT_OK, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse exits 2 on a usage error; lungscope keeps 2 for "some files could not be read"."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def write_json(data: object, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def printed_warnings(verb: str) -> Iterator[None]:
+    """Warnings raised inside print as one ``lungscope VERB: warning: ...`` line each, without a source line."""
+    with warnings.catch_warnings():  # restores warnings.showwarning on exit
+        warnings.showwarning = lambda message, *_: print(f"lungscope {verb}: warning: {message}", file=sys.stderr)
+        yield
+
+EXPLAIN_METHODS = "gradcam, guided-backprop, guided-gradcam, deconvolution, integrated-gradients, occlusion"

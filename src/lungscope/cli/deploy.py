@@ -1,0 +1,106 @@
+"""The deployment verbs: predict, serve, export."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lungscope.cli.common import EXIT_OK, EXIT_PARTIAL, EXPLAIN_METHODS
+from lungscope.errors import ConfigError
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from lungscope.inference import Classifier
+    from lungscope.predict import predict_to_files, write_results_page
+
+    if (args.explain or args.html) and args.out is None:
+        raise ConfigError("--explain and --html need --out DIR for the figures and the page")
+    classifier = Classifier.load(args.model)
+    run = predict_to_files(
+        classifier, args.paths, csv_path=args.csv, json_path=args.json, threshold=args.threshold,
+        batch_size=args.batch_size, workers=args.workers,
+    )
+    if args.csv is None and args.json is None:
+        for row in run.rows:
+            print(f"{row['path']}: " + (row["error"] or f"{row['prediction']} (p = {row['probability']:.3f})"))
+    figures: dict[str, str] = {}
+    if args.explain:
+        from lungscope.explain.files import explain_files, unique_stems
+
+        good = [row["path"] for row in run.rows if row["error"] is None]
+        result = explain_files(args.model, good, args.out, methods=args.explain, batch_size=args.batch_size)
+        stems = unique_stems([Path(p) for p in good])  # the names explain_files gives its figures
+        figures = {p: str(args.out / f"{stem}_{args.explain[0]}.png") for p, stem in zip(good, stems)}
+        print(f"wrote {len(result['written'])} explanation figure(s) to {args.out}")
+    if args.html:
+        page = write_results_page(run.rows, args.out / "index.html", model=str(args.model), figures=figures)
+        print(f"results page: {page.resolve()}")
+    print(f"{run.n_predicted} predicted, {run.n_failed} could not be read", file=sys.stderr)
+    return EXIT_PARTIAL if run.n_failed else EXIT_OK
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict", help="predict files, folders and globs; CSV/JSON rows, optional explanations and results page",
+        description="Calibrated probability of the positive class and the decision at the model's threshold for every "
+        "file (JPEG/PNG/TIFF/WebP/DICOM, DICOM without extension included). A file that cannot be read gets an error "
+        "row and the run goes on; CSV rows are written as they are produced. Exit code 0 when every file was "
+        "predicted, 2 when some could not be read, 1 for a usage error.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files, folders (searched recursively) or glob patterns")
+    p.add_argument("--model", default="default", help="run folder, checkpoint, or default (the bundled model)")
+    p.add_argument("--csv", type=Path, metavar="OUT", help="write path,probability,prediction,error rows")
+    p.add_argument("--json", type=Path, metavar="OUT", help="write the rows as a JSON list")
+    p.add_argument("--threshold", type=float, metavar="X", help="decision threshold (default: the model's own)")
+    p.add_argument("--explain", nargs="+", action="extend", metavar="METHOD",
+                   help=f"also write explanation figures, of {EXPLAIN_METHODS}, into --out")
+    p.add_argument("--out", type=Path, metavar="DIR", help="folder for --explain figures and --html")
+    p.add_argument("--html", action="store_true", help="write OUT/index.html: the results with their figures")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    p.add_argument("--workers", type=int, help="decoding threads (default: one per core)")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from lungscope.inference import Classifier
+    from lungscope.serve.app import run_server
+
+    if args.max_upload_mb <= 0:
+        raise ConfigError("--max-upload-mb must be positive")
+    classifier = Classifier.load(args.model)
+    print(f"lungscope: serving {args.model} on http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C stops")
+    run_server(classifier, host=args.host, port=args.port, model_name=str(args.model),
+               max_upload=int(args.max_upload_mb * 1024 * 1024))
+    return EXIT_OK
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve", help="the web page: drop X-rays, see probability, decision and heatmap; JSON API",
+        description="A FastAPI app with one page and POST /api/predict, /api/explain, /api/image. Binds to "
+        "127.0.0.1 unless told otherwise; uploads are never kept after the answer.",
+    )
+    p.add_argument("--model", default="default", help="run folder, checkpoint, or default (the bundled model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=50.0, help="larger uploads get 413 (default 50)")
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from lungscope.export import export_model
+
+    difference = export_model(args.run, args.format, args.out)
+    print(f"wrote {args.out} ({args.format}); largest difference from PyTorch's logits: {difference:.2e}")
+    return EXIT_OK
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a run's model to ONNX or TorchScript, checked against PyTorch",
+                       description="The exported graph takes a normalised (N, 1, S, S) batch and returns logits.")
+    p.add_argument("run", metavar="RUN_DIR", help="run folder, checkpoint, or default")
+    p.add_argument("--format", choices=["onnx", "torchscript"], required=True)
+
+VERBS = [_add_predict, _add_serve, _add_export]
+

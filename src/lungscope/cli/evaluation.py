@@ -1,0 +1,114 @@
+"""The evaluation verbs: evaluate, calibrate, compare."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from lungscope.cli.common import EXIT_OK, EXIT_PARTIAL
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from lungscope.evaluation.evaluate import evaluate_run
+
+    evaluation = evaluate_run(args.run, args.data, labels=args.labels, split=args.split, calibrated=args.calibrated,
+                              n_resamples=args.resamples, seed=args.seed, batch_size=args.batch_size)
+    print(evaluation.format())
+    written = []
+    if args.predictions:
+        written.append(evaluation.save_predictions(args.predictions))
+    if args.json:
+        written.append(evaluation.save_json(args.json))
+    if args.plots:
+        from lungscope.evaluation.plots import save_figures
+
+        written += save_figures(evaluation, args.plots).values()
+    if args.html:
+        from lungscope.evaluation.report import write_report
+
+        written.append(write_report(evaluation, args.html, run_dir=args.run))
+    for path in written:
+        print(f"wrote {path}")
+    return EXIT_PARTIAL if evaluation.report["unreadable"] else EXIT_OK
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate", help="metrics with patient-bootstrap 95% CIs, calibration and plots of a run on labelled data",
+        description="Evaluate a run on a labelled folder or CSV manifest at the run's operating threshold (chosen on "
+        "its validation split, never on these data) and at 0.5: accuracy, precision, recall, specificity, F1, "
+        "balanced accuracy, ROC-AUC, PR-AUC, each with a 95%% CI by bootstrap over patients; the confusion matrix; "
+        "the expected calibration error. Unreadable files are listed and skipped (exit code 2).",
+    )
+    p.add_argument("run", type=Path, metavar="RUN_DIR", help="run folder (or its best.pt)")
+    p.add_argument("--data", type=Path, required=True, help="folder or CSV manifest, e.g. RUN_DIR/split.csv")
+    p.add_argument("--split", help="evaluate only the rows of this split of --data (e.g. test: held-out patients)")
+    p.add_argument("--labels", choices=["binary", "three-class", "tb"],
+                   help="label scheme of --data (default: the run's)")
+    p.add_argument("--calibrated", action="store_true", help="calibrated probabilities (the run's temperature and bias)")
+    p.add_argument("--json", type=Path, metavar="OUT", help="write the full report as JSON")
+    p.add_argument("--predictions", type=Path, metavar="OUT.csv", help="write one row per image as CSV")
+    p.add_argument("--plots", type=Path, metavar="DIR", help="write ROC, PR, confusion, reliability and training "
+                   "curve PNGs")
+    p.add_argument("--html", type=Path, metavar="OUT", help="write a self-contained HTML report")
+    p.add_argument("--resamples", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from lungscope.evaluation.operating import calibrate_run
+
+    point = calibrate_run(args.run, target_sensitivity=args.target_sensitivity, calibration=args.calibration)
+    print(json.dumps(point, indent=2))
+    return EXIT_OK
+
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate", help="refit a run's temperature and operating threshold on its validation split",
+        description="Refit the temperature and the operating threshold of a finished run on its validation split "
+        "and store them in the run (calibration.json and best.pt).",
+    )
+    p.add_argument("run", type=Path, metavar="RUN_DIR", help="run folder")
+    p.add_argument("--target-sensitivity", type=float, metavar="X",
+                   help="the most specific threshold reaching this validation sensitivity (default: Youden's J)")
+    p.add_argument("--calibration", choices=["temperature", "temperature+bias"], default="temperature+bias",
+                   help="temperature alone, or with a per-class bias that can undo a shift (default)")
+    p.set_defaults(func=_cmd_calibrate)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from lungscope.evaluation.compare import compare_runs, format_comparison
+
+    frame = compare_runs(args.runs, args.data, labels=args.labels, split=args.split, n_resamples=args.resamples,
+                         seed=args.seed)
+    print(format_comparison(frame))
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(args.csv, index=False, float_format="%.6g")
+        print(f"\nwrote {args.csv}")
+    return EXIT_OK
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare", help="runs side by side: model, options, parameters, size, metrics with 95% CIs",
+        description="Compare finished runs. With --data every run is evaluated on it (metrics at each run's operating "
+        "threshold, patient-bootstrap 95%% CIs); without, each run's validation accuracy and ROC-AUC at its best epoch "
+        "are shown (no CI; validation splits may differ between runs).",
+    )
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders to compare")
+    p.add_argument("--data", type=Path, help="folder or CSV manifest to evaluate every run on, e.g. RUN_DIR/split.csv")
+    p.add_argument("--split", help="evaluate only the rows of this split of --data (e.g. test)")
+    p.add_argument("--labels", choices=["binary", "three-class", "tb"], help="label scheme of --data (default: the runs')")
+    p.add_argument("--resamples", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--csv", type=Path, metavar="OUT", help="also write the table as CSV, one row per run")
+    p.set_defaults(func=_cmd_compare)
+
+
+VERBS = [_add_evaluate, _add_calibrate, _add_compare]
+

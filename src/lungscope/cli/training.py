@@ -1,0 +1,147 @@
+"""The training verbs: train, cv, tune."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lungscope.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lungscope.training import TrainConfig
+
+from lungscope.cli.common import EXIT_OK
+
+_TRAIN_FLAGS: list[tuple[str, dict[str, object]]] = [
+    ("--data", {"help": "training data: folder or CSV manifest"}),
+    ("--model", {"help": "registry name (see `lungscope models`)"}),
+    ("--labels", {"choices": ["binary", "three-class", "tb"], "help": "label scheme"}),
+    ("--manifest", {"help": "an existing split manifest (path,label,patient_id,split) to train on"}),
+    ("--pretrained", {"help": "imagenet, PATH of a state dict, or none"}),
+    ("--image-size", {"type": int, "help": "input side (default: the model's)"}),
+    ("--epochs", {"type": int}),
+    ("--batch-size", {"type": int}),
+    ("--lr", {"type": float, "help": "learning rate"}),
+    ("--optimizer", {"choices": ["adam", "sgd"]}),
+    ("--weight-decay", {"type": float}),
+    ("--scheduler", {"choices": ["none", "plateau", "cosine"]}),
+    ("--early-stopping", {"type": int, "metavar": "EPOCHS", "help": "stop after this many epochs without improvement"}),
+    ("--freeze-epochs", {"type": int, "help": "two-stage fine-tuning: epochs training only the new head"}),
+    ("--val-fraction", {"type": float}),
+    ("--test-fraction", {"type": float}),
+    ("--limit", {"type": int, "help": "use at most N images (patient-grouped, stratified): quick runs"}),
+    ("--target-sensitivity", {"type": float, "metavar": "X", "help": "operating threshold: the most specific one "
+                              "reaching this validation sensitivity (default: maximise Youden's J)"}),
+    ("--seed", {"type": int}),
+    ("--workers", {"type": int, "help": "DataLoader worker processes (default 0: images are preloaded)"}),
+    ("--device", {"help": "auto, cpu, cuda, cuda:N or mps"}),
+]
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, object]:
+    overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _ in _TRAIN_FLAGS}
+    overrides["class_weights"] = True if args.class_weights else None
+    overrides["sampler"] = "weighted" if args.weighted_sampler else None
+    overrides["clahe"] = True if args.clahe else None
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if overrides.get("pretrained") == "none":
+        overrides["pretrained"] = None  # explicit: train from scratch even where the config names weights
+    return overrides
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of --config (if given) with the train flags over it and ``out`` from --out."""
+    from lungscope.training import TrainConfig
+
+    overrides = {"out": str(args.out), **_train_overrides(args)}
+    config = TrainConfig.from_yaml(args.config, **overrides) if args.config else TrainConfig.from_dict(overrides)
+    if not config.data and not config.manifest:
+        raise ConfigError("give the training data with --data DIR (or --manifest FILE, or data: in --config)")
+    return config
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from lungscope.training import resume_config, train
+
+    config = resume_config(args.out, **_train_overrides(args)) if args.resume else train_config(args)
+    summary = train(config, resume=args.resume)
+    print(json.dumps(summary, indent=2))
+    return EXIT_OK
+
+
+def _add_train_options(p: argparse.ArgumentParser, out_help: str) -> None:
+    """--config, --out and every training flag: shared by train, cv and tune."""
+    p.add_argument("--config", type=Path, help="YAML file of options (see configs/)")
+    p.add_argument("--out", type=Path, required=True, help=out_help)
+    for flag, options in _TRAIN_FLAGS:
+        p.add_argument(flag, **options)  # type: ignore[arg-type]
+    p.add_argument("--class-weights", action="store_true", help="weight the loss by inverse class frequency")
+    p.add_argument("--weighted-sampler", action="store_true", help="oversample minority classes instead")
+    p.add_argument("--clahe", action="store_true", help="contrast-limited adaptive histogram equalisation")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train a model; writes a run folder (config, split, metrics, curves, checkpoints)",
+        description="Train on a patient-grouped split. A YAML --config can hold every option; flags override it. "
+        "Ctrl-C leaves a resumable run: continue it with --resume --out RUN_DIR.",
+    )
+    _add_train_options(p, "run folder to write")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_cv(args: argparse.Namespace) -> int:
+    from lungscope.training import cross_validate
+
+    summary = cross_validate(train_config(args), args.folds)
+    print(json.dumps(summary, indent=2))
+    return EXIT_OK
+
+
+def _add_cv(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "cv", help="k-fold cross-validation grouped by patient: a run per fold and the mean and std of each metric",
+        description="Split --data into K patient-grouped, label-stratified folds (OUT/folds.csv), train one run per "
+        "fold (OUT/fold_k, fold k validating) and summarise each fold's best epoch in OUT/cv_summary.json and .csv. "
+        "Takes every train option; re-running the same command skips finished folds and resumes an interrupted one.",
+    )
+    _add_train_options(p, "folder for the folds' runs and the summary")
+    p.add_argument("--folds", type=int, default=5, metavar="K", help="number of folds (default 5)")
+    p.set_defaults(func=_cmd_cv)
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from lungscope.training import load_space, tune
+
+    space = load_space(args.space) if args.space else None
+    summary = tune(train_config(args), args.trials, sampler=args.sampler, space=space, storage=args.storage,
+                   study_name=args.study_name)
+    print(json.dumps(summary, indent=2))
+    return EXIT_OK
+
+
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tune", help="hyper-parameter search with Optuna: a run per trial, the best config written out",
+        description="Search learning rate, batch size, weight decay and optimiser (or the --space YAML) with Optuna, "
+        "each trial a run in OUT/trial_NNN on one shared patient-grouped split (OUT/split.csv), maximising val_auc. "
+        "Writes OUT/trials.csv and OUT/best_config.yaml (for `lungscope train --config`). The study is kept in "
+        "OUT/study.db: re-running the same command resumes it up to --trials.",
+    )
+    _add_train_options(p, "folder for the trials' runs, the study and the best config")
+    p.add_argument("--trials", type=int, default=20, metavar="N", help="trials the study should hold (default 20)")
+    p.add_argument("--sampler", choices=["tpe", "random", "grid"], default="tpe",
+                   help="tpe (default), random, or grid over the space's lists of choices")
+    p.add_argument("--space", type=Path, metavar="FILE",
+                   help="YAML search space, e.g. {lr: {low: 1e-4, high: 1e-2, log: true}, batch_size: [16, 32]}")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage (default sqlite:///OUT/study.db)")
+    p.add_argument("--study-name", help="study name in the storage (default: OUT's folder name)")
+    p.set_defaults(func=_cmd_tune)
+
+
+
+VERBS = [_add_train, _add_cv, _add_tune]
+
