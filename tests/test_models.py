@@ -72,8 +72,10 @@ def _xrays(folder: Path, count: int, size: int) -> torch.Tensor:
 
 def test_registry_lists_every_network_with_its_input_size_and_family() -> None:
     specs = list_models()
-    assert [s.name for s in specs] == list(EXPECTED)  # paper nets first, then torchvision
-    for spec in specs:
+    assert [s.name for s in specs if s.family != "segmentation"] == list(EXPECTED)  # paper nets, then torchvision
+    assert [(s.name, s.input_size) for s in specs if s.family == "segmentation"] == [("lung-unet", 128)]
+    assert get_spec("lung-unet").parameter_count() == count_parameters(create_model("lung-unet", num_classes=1))
+    for spec in specs[: len(EXPECTED)]:
         assert (spec.input_size, spec.family) == EXPECTED[spec.name][:2]
         assert spec.description
         assert get_spec(spec.name) is spec

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +27,15 @@ def export_model(
     logits from PyTorch's on random inputs, and raises ConfigError above ``tolerance``.
 
     The exported graph takes a normalised float32 batch ``(N, 1, S, S)`` and returns logits; preprocessing, the
-    temperature and the threshold stay in lungscope (they are in ``best.pt`` and ``calibration.json``).
+    temperature and the threshold stay in lungscope (they are in ``best.pt`` and ``calibration.json``). A model trained
+    with ``roi: lungs`` expects lung-cropped inputs, a crop the graph does not contain: a warning says so.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     classifier = Classifier.load(source)
+    if classifier.roi is not None:
+        warnings.warn("the model was trained on lung crops (roi: lungs): crop its inputs with lungscope's segmenter "
+                      "before the exported graph", stacklevel=2)
     model, example = classifier.model.eval(), _example(classifier)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

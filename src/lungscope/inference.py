@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,9 +17,11 @@ from torch import nn
 
 from lungscope.data.io import read_image
 from lungscope.data.transforms import build_augment_normalise, build_preprocess
-from lungscope.errors import ImageReadError
+from lungscope.errors import ConfigError, ImageReadError
 from lungscope.evaluation.calibration import apply_temperature
 from lungscope.models import create_model
+from lungscope.segmentation import ROI_CHOICES, LungCrop
+from lungscope.segmentation.masks import Box
 from lungscope.checkpoint import load_checkpoint
 
 
@@ -58,20 +61,35 @@ class Classifier:
         self.bias: list[float] | None = point.get("bias")
         self.threshold: float | None = point.get("threshold_calibrated")
         self.raw_threshold: float | None = point.get("threshold")
-        preprocess = build_preprocess(image_size, resize=config.get("resize", "squash"), clahe=config.get("clahe", False))
+        self.resize: str = config.get("resize", "squash")
+        self.roi = LungCrop(config.get("roi_margin", 0.05)) if config.get("roi", "none") == "lungs" else None
+        preprocess = build_preprocess(image_size, resize=self.resize, clahe=config.get("clahe", False),
+                                      roi=config.get("roi", "none"), roi_margin=config.get("roi_margin", 0.05))
         normalise = build_augment_normalise(train=False)
         self.transform = lambda pixels: normalise(preprocess(pixels))  # 2-D [0, 1] array -> model input (1, S, S)
 
     @classmethod
-    def load(cls, source: str | os.PathLike[str]) -> Classifier:
+    def load(cls, source: str | os.PathLike[str], *, roi: str | None = None) -> Classifier:
         """From a run folder (its ``best.pt``), a checkpoint file, or ``"default"``: the bundled pneumonia model.
-        Weights are loaded with ``weights_only=True``."""
+        Weights are loaded with ``weights_only=True``. ``roi`` ("none" or "lungs") replaces the region of interest
+        the model was trained with (a warning says so when they differ); None keeps it."""
         path = DEFAULT_MODEL if str(source) == "default" else Path(source)
         state = load_checkpoint(path / "best.pt" if path.is_dir() else path)
         config = state["config"]
+        if roi is not None:
+            if roi not in ROI_CHOICES:
+                raise ConfigError(f"unknown roi {roi!r}; expected one of {', '.join(ROI_CHOICES)}")
+            if roi != config.get("roi", "none"):
+                warnings.warn(f"{source} was trained with roi {config.get('roi', 'none')!r}, not {roi!r}: its "
+                              "accuracy on these inputs is unmeasured", stacklevel=2)
+            config = {**config, "roi": roi}
         model = create_model(config["model"], num_classes=len(state["classes"]), **config.get("model_options", {}))
         model.load_state_dict(state["model"])
         return cls(model, state["classes"], config, state["image_size"], state.get("operating_point"))
+
+    def crop_box(self, pixels: np.ndarray) -> Box | None:
+        """Where on a 2-D image the model input comes from: the lungs' box for an ROI model, None for the whole."""
+        return self.roi.box(pixels) if self.roi else None
 
     def probabilities(self, logits: torch.Tensor, calibrated: bool = True) -> np.ndarray:
         """Class probabilities (N x C) of the model's logits, temperature-scaled when ``calibrated``."""

@@ -33,4 +33,11 @@ def printed_warnings(verb: str) -> Iterator[None]:
         warnings.showwarning = lambda message, *_: print(f"lungscope {verb}: warning: {message}", file=sys.stderr)
         yield
 
+
+def add_roi_option(parser: argparse.ArgumentParser) -> None:
+    """``--roi``: the region of interest a trained model's inputs are cropped to, overriding its own."""
+    parser.add_argument("--roi", choices=["none", "lungs"], help="crop inputs to the lungs, or not (default: as the "
+                        "model was trained; another choice is warned about)")
+
+
 EXPLAIN_METHODS = "gradcam, guided-backprop, guided-gradcam, deconvolution, integrated-gradients, occlusion"

@@ -6,7 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from lungscope.cli.common import EXIT_OK, EXIT_PARTIAL, EXPLAIN_METHODS
+from lungscope.cli.common import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXPLAIN_METHODS,
+    add_roi_option,
+    printed_warnings,
+)
 from lungscope.errors import ConfigError
 
 
@@ -16,7 +22,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     if (args.explain or args.html) and args.out is None:
         raise ConfigError("--explain and --html need --out DIR for the figures and the page")
-    classifier = Classifier.load(args.model)
+    with printed_warnings(args.verb):
+        classifier = Classifier.load(args.model, roi=args.roi)
     run = predict_to_files(
         classifier, args.paths, csv_path=args.csv, json_path=args.json, threshold=args.threshold,
         batch_size=args.batch_size, workers=args.workers,
@@ -29,7 +36,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         from lungscope.explain.files import explain_files, unique_stems
 
         good = [row["path"] for row in run.rows if row["error"] is None]
-        result = explain_files(args.model, good, args.out, methods=args.explain, batch_size=args.batch_size)
+        result = explain_files(args.model, good, args.out, methods=args.explain, batch_size=args.batch_size,
+                               roi=args.roi)
         stems = unique_stems([Path(p) for p in good])  # the names explain_files gives its figures
         figures = {p: str(args.out / f"{stem}_{args.explain[0]}.png") for p, stem in zip(good, stems)}
         print(f"wrote {len(result['written'])} explanation figure(s) to {args.out}")
@@ -59,6 +67,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--html", action="store_true", help="write OUT/index.html: the results with their figures")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
     p.add_argument("--workers", type=int, help="decoding threads (default: one per core)")
+    add_roi_option(p)
     p.set_defaults(func=_cmd_predict)
 
 
@@ -91,7 +100,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 def _cmd_export(args: argparse.Namespace) -> int:
     from lungscope.export import export_model
 
-    difference = export_model(args.run, args.format, args.out)
+    with printed_warnings(args.verb):
+        difference = export_model(args.run, args.format, args.out)
     print(f"wrote {args.out} ({args.format}); largest difference from PyTorch's logits: {difference:.2e}")
     return EXIT_OK
 

@@ -6,14 +6,16 @@ import argparse
 import json
 from pathlib import Path
 
-from lungscope.cli.common import EXIT_OK, EXIT_PARTIAL
+from lungscope.cli.common import EXIT_OK, EXIT_PARTIAL, add_roi_option, printed_warnings
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from lungscope.evaluation.evaluate import evaluate_run
 
-    evaluation = evaluate_run(args.run, args.data, labels=args.labels, split=args.split, calibrated=args.calibrated,
-                              n_resamples=args.resamples, seed=args.seed, batch_size=args.batch_size)
+    with printed_warnings(args.verb):
+        evaluation = evaluate_run(args.run, args.data, labels=args.labels, split=args.split,
+                                  calibrated=args.calibrated, n_resamples=args.resamples, seed=args.seed,
+                                  batch_size=args.batch_size, roi=args.roi)
     print(evaluation.format())
     written = []
     if args.predictions:
@@ -55,6 +57,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resamples", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    add_roi_option(p)
     p.set_defaults(func=_cmd_evaluate)
 
 

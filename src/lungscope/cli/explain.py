@@ -10,6 +10,7 @@ from lungscope.cli.common import (
     EXIT_OK,
     EXIT_PARTIAL,
     EXPLAIN_METHODS,
+    add_roi_option,
     printed_warnings,
 )
 
@@ -20,7 +21,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     with printed_warnings(args.verb):
         result = explain_files(args.run, args.paths, args.out, args.method or ["gradcam"], sign=args.sign,
                                layer=args.layer, batch_size=args.batch_size, device=args.device, cmap=args.cmap,
-                               alpha=args.alpha, threshold=args.threshold)
+                               alpha=args.alpha, threshold=args.threshold, roi=args.roi)
     for failure in result["failed"]:
         print(f"lungscope explain: skipped {failure['path']}: {failure['error']}", file=sys.stderr)
     print(f"explained {result['images']} image(s): {len(result['written'])} figures in {args.out}, maps in "
@@ -51,6 +52,7 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=0.2, help="weaker values are transparent (default 0.2 of the max)")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add_roi_option(p)
     p.set_defaults(func=_cmd_explain)
 
 

@@ -21,6 +21,7 @@ _TRAIN_FLAGS: list[tuple[str, dict[str, object]]] = [
     ("--manifest", {"help": "an existing split manifest (path,label,patient_id,split) to train on"}),
     ("--pretrained", {"help": "imagenet, PATH of a state dict, or none"}),
     ("--image-size", {"type": int, "help": "input side (default: the model's)"}),
+    ("--roi", {"choices": ["none", "lungs"], "help": "lungs: crop each X-ray to its lung fields before resizing"}),
     ("--epochs", {"type": int}),
     ("--batch-size", {"type": int}),
     ("--lr", {"type": float, "help": "learning rate"}),

@@ -1,7 +1,7 @@
 """Preprocessing and augmentation of chest X-rays, and class balancing for training.
 
 Every pipeline takes the 2-D float32 array in [0, 1] that :func:`lungscope.data.io.read_image` returns and gives a
-float32 tensor ``(channels, S, S)``: to tensor -> (CLAHE) -> resize -> (augment) -> normalise -> repeat channels.
+float32 tensor ``(channels, S, S)``: to tensor -> (lung crop) -> (CLAHE) -> resize -> (augment) -> normalise -> repeat channels.
 Random steps use torchvision.transforms.v2, hence torch's RNG: ``torch.manual_seed`` makes them reproducible.
 """
 
@@ -21,6 +21,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from lungscope.errors import ConfigError, DatasetError
+from lungscope.segmentation.roi import ROI_CHOICES, LungCrop
 
 RESIZE_MODES = ("squash", "pad")
 
@@ -143,12 +144,20 @@ def _repeat_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
     return image.repeat(channels, 1, 1)
 
 
-def build_preprocess(image_size: int, *, resize: str = "squash", clahe: bool = False) -> v2.Compose:
+def build_preprocess(
+    image_size: int, *, resize: str = "squash", clahe: bool = False, roi: str = "none", roi_margin: float = 0.05
+) -> v2.Compose:
     """The deterministic part: a 2-D float [0, 1] array to a ``(1, image_size, image_size)`` tensor in [0, 1].
 
-    Its output can be cached across epochs (see :class:`lungscope.data.datasets.XRayDataset`).
+    ``roi="lungs"`` first crops the image to its lung fields (:class:`lungscope.segmentation.LungCrop`, the box grown
+    by ``roi_margin`` of the image's sides), so CLAHE and resizing see only the chest. Its output can be cached across
+    epochs (see :class:`lungscope.data.datasets.XRayDataset`).
     """
+    if roi not in ROI_CHOICES:
+        raise ConfigError(f"unknown roi {roi!r}; expected one of {', '.join(ROI_CHOICES)}")
     steps: list[Callable[[torch.Tensor], torch.Tensor]] = [_to_tensor]
+    if roi == "lungs":
+        steps.append(LungCrop(roi_margin))
     if clahe:
         steps.append(Clahe())
     steps.append(ResizeImage(image_size, resize))

@@ -163,6 +163,7 @@ def evaluate_run(
     seed: int = 0,
     batch_size: int = 32,
     progress: bool | None = None,
+    roi: str | None = None,
 ) -> Evaluation:
     """Predict every image of ``data`` (a folder or CSV manifest, rows of ``split`` only if given) with the run in
     ``run_dir`` (a run folder or a ``best.pt``) and measure it.
@@ -170,10 +171,10 @@ def evaluate_run(
     Binary runs decide at the run's stored operating threshold (the calibrated or the raw one to match
     ``calibrated``; both make the same calls) and are also measured at 0.5; multi-class runs decide by the largest
     probability. Every metric carries a 95% interval from ``n_resamples`` bootstrap resamples of patients.
-    Unreadable files are reported under ``unreadable`` and left out.
+    Unreadable files are reported under ``unreadable`` and left out. ``roi``: see :meth:`Classifier.load`.
     """
     run_dir = Path(run_dir)
-    classifier = Classifier.load(run_dir)
+    classifier = Classifier.load(run_dir, roi=roi)
     scheme = _scheme(classifier, labels)
     frame, skipped = _images(data, scheme, split)
     paths = frame["path"].tolist()

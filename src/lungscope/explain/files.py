@@ -33,10 +33,16 @@ from lungscope.explain.layers import (
 )
 from lungscope.explain.sanity import check_path, warn_if_untrusted
 from lungscope.explain.trust import explain_check, trust_figure
-from lungscope.explain.views import default_cmap, explanation_figure, map_to_image, signed_view
+from lungscope.explain.views import (
+    default_cmap,
+    explanation_figure,
+    map_to_image,
+    signed_view,
+)
 from lungscope.inference import Classifier
 from lungscope.predict import collect_inputs
 from lungscope.progress import progress_bar
+from lungscope.segmentation.segmenter import cached_segmenter
 
 Failure = dict[str, str]
 
@@ -83,16 +89,16 @@ def _batches(
             yield list(zip(chunk, pool.map(lambda p: _read(classifier, p), chunk)))
 
 
-def load_run(run: str | os.PathLike[str], device: str = "auto") -> Classifier:
-    """The run's classifier with its model on ``device``."""
-    classifier = Classifier.load(run)
+def load_run(run: str | os.PathLike[str], device: str = "auto", roi: str | None = None) -> Classifier:
+    """The run's classifier with its model on ``device`` (``roi``: see :meth:`Classifier.load`)."""
+    classifier = Classifier.load(run, roi=roi)
     classifier.model.to(select_device(device))
     return classifier
 
 
 def _figure(pixels: np.ndarray, map_: np.ndarray, classifier: Classifier, title: str, style: dict[str, Any]) -> Figure:
     """The X-ray / map / overlay figure on the original image's grid."""
-    view = map_to_image(signed_view(map_, style["sign"]), pixels.shape, classifier.config.get("resize", "squash"))
+    view = map_to_image(signed_view(map_, style["sign"]), pixels.shape, classifier.resize, classifier.crop_box(pixels))
     return explanation_figure(pixels, view, title=title, **style)
 
 
@@ -110,16 +116,17 @@ def explain_files(
     alpha: float = 0.5,
     threshold: float = 0.2,
     progress: bool | None = None,
+    roi: str | None = None,
 ) -> dict[str, Any]:
     """Explain image files and folders with a run: ``OUT/<stem>_<method>.png`` (X-ray, map, overlay on the
-    original image, titled with the prediction) per image and method, and ``OUT/maps.npz`` with the raw signed
+    original image, titled with the prediction; an ROI model's map drawn in its lung box) per image and method, and ``OUT/maps.npz`` with the raw signed
     maps at the model's resolution under ``<stem>/<method>``. Bad files are skipped and listed under ``failed``.
     A :class:`~lungscope.explain.sanity.SanityWarning` is issued per untrusted method."""
     default_cmap(sign)  # a bad sign or method is reported before any work
     for method in methods:
         get_method(method)
         warn_if_untrusted(method, run)
-    classifier = load_run(run, device)
+    classifier = load_run(run, device, roi)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     images, failed = collect_images(paths)
@@ -175,10 +182,10 @@ def activation_files(
     stem = Path(image).stem
     grid = out / f"{stem}_{name}_activations.png"
     activation_grid_figure(activations, title=f"{Path(image).name}: activations of {name}").savefig(grid, dpi=100)
-    shown = build_preprocess(classifier.image_size, resize=classifier.config.get("resize", "squash"))(pixels)[0]
+    shown = _on_model_grid(classifier, pixels)
     where = f" in x0,y0,x1,y1 = {region}" if region else ""
     best = out / f"{stem}_{name}_top{len(channels)}.png"
-    figure = top_channels_figure(shown.numpy(), activations, channels,
+    figure = top_channels_figure(shown, activations, channels,
                                  title=f"{Path(image).name}: most active channels of {name}{where}")
     figure.savefig(best, dpi=100)
     return [str(grid), str(best)]
@@ -218,10 +225,23 @@ def select_images(
     return paths
 
 
-def _mask(classifier: Classifier, path: Path) -> np.ndarray:
-    """A lung mask on the model input's grid (1 = lung), resized exactly as the images are."""
-    preprocess = build_preprocess(classifier.image_size, resize=classifier.config.get("resize", "squash"))
-    return (preprocess(read_image(path).pixels)[0].numpy() >= 0.5).astype(np.float32)
+def _on_model_grid(classifier: Classifier, pixels: np.ndarray, image: np.ndarray | None = None) -> np.ndarray:
+    """``image`` (default: the X-ray ``pixels`` itself; e.g. its lung mask) where the model sees the X-ray: cropped to
+    the X-ray's lung box for an ROI model, then resized as the inputs are (no CLAHE, no normalisation)."""
+    image = pixels if image is None else image
+    if (box := classifier.crop_box(pixels)) is not None:
+        top, left, bottom, right = box
+        image = image[top:bottom, left:right]
+    return build_preprocess(classifier.image_size, resize=classifier.resize)(image)[0].numpy()
+
+
+def _lung_mask(classifier: Classifier, pixels: np.ndarray, mask_path: Path | None) -> np.ndarray:
+    """The X-ray's lung mask on the model input's grid (1 = lung): from ``mask_path``, else from the segmenter."""
+    if mask_path is None:
+        mask = cached_segmenter().mask(pixels)
+    else:
+        mask = read_image(mask_path).pixels >= 0.5
+    return (_on_model_grid(classifier, pixels, mask.astype(np.float32)) >= 0.5).astype(np.float32)
 
 
 def check_files(
@@ -240,7 +260,7 @@ def check_files(
     progress: bool | None = None,
 ) -> dict[str, Any]:
     """:func:`~lungscope.explain.trust.explain_check` of a run on ``n`` images of ``data`` (lung masks of the same
-    file names in ``masks``, if given). Writes the report to ``json_out``, its figure beside it (``.png``) and a
+    file names in ``masks``, else the bundled lung U-Net's masks). Writes the report to ``json_out``, its figure beside it (``.png``) and a
     copy to ``RUN_DIR/explain_check.json``, which ``explain`` reads to warn about flagged methods."""
     methods = list(methods or METHODS)
     for method in methods:
@@ -256,16 +276,15 @@ def check_files(
             failed.append({"path": str(path), "error": f"no lung mask {mask_path}"})
         else:
             inputs.append(item[1])
-            if mask_path is not None:
-                mask_list.append(_mask(classifier, mask_path))
+            mask_list.append(_lung_mask(classifier, item[0], mask_path))
     if not inputs:
         raise DatasetError(f"{data}: none of the {len(paths)} chosen images could be used")
     images = torch.stack(inputs)
     with torch.no_grad():
         targets, _ = _decide(classifier, classifier.model(images.to(next(classifier.model.parameters()).device)))
-    report = explain_check(classifier.model, images, targets, np.stack(mask_list) if masks else None,
+    report = explain_check(classifier.model, images, targets, np.stack(mask_list),
                            methods, layer=layer, seed=seed, batch_size=batch_size, progress=progress)
-    report.update(run=str(run), data=str(data), masks=str(masks) if masks else None, failed=failed)
+    report.update(run=str(run), data=str(data), masks=str(masks) if masks else "lung-unet segmenter", failed=failed)
     json_out = Path(json_out)
     json_out.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(report, indent=2) + "\n"

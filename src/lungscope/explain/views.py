@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from lungscope.data.transforms import ResizeImage
 from lungscope.errors import ConfigError
+from lungscope.segmentation.masks import Box
 
 SIGNS: tuple[str, ...] = ("positive", "negative", "absolute", "all")
 DEFAULT_CMAP = "jet"
@@ -92,9 +93,18 @@ def content_box(shape: tuple[int, int], size: int, resize: str = "squash") -> tu
     return int(rows[0]), int(cols[0]), int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
 
 
-def map_to_image(map_: np.ndarray, shape: tuple[int, int], resize: str = "squash") -> np.ndarray:
+def map_to_image(
+    map_: np.ndarray, shape: tuple[int, int], resize: str = "squash", box: Box | None = None
+) -> np.ndarray:
     """A ``(S, S)`` map on the model input back onto the original image's ``(H, W)`` pixel grid: the inverse of the
-    resize the input went through (``squash``: stretch back; ``pad``: drop the letterbox, then stretch). Bilinear."""
+    resize the input went through (``squash``: stretch back; ``pad``: drop the letterbox, then stretch). Bilinear.
+    ``box`` (top, left, bottom, right): the input was this crop of the image (``roi: lungs``); the map goes back into
+    it and is 0 outside, where the model saw nothing."""
+    if box is not None:
+        top, left, bottom, right = box
+        full = np.zeros(shape, dtype=np.float32)
+        full[top:bottom, left:right] = map_to_image(map_, (bottom - top, right - left), resize)
+        return full
     top, left, height, width = content_box(shape, map_.shape[-1], resize)
     crop = torch.as_tensor(np.ascontiguousarray(map_[top : top + height, left : left + width]), dtype=torch.float32)
     return F.interpolate(crop[None, None], size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()

@@ -15,8 +15,8 @@ from lungscope.errors import ConfigError
 from lungscope.models.layers import count_parameters
 from lungscope.models.weights import imagenet_state_dict, load_weights, read_state_dict
 
-Family = Literal["paper", "torchvision"]
-FAMILIES: tuple[str, ...] = ("paper", "torchvision")
+Family = Literal["paper", "torchvision", "segmentation"]
+FAMILIES: tuple[str, ...] = ("paper", "torchvision", "segmentation")
 # Set by create_model, never options: a builder that declares input_size is told the side it is laid out for.
 _RESERVED = frozenset({"num_classes", "in_channels", "input_size"})
 
@@ -29,15 +29,18 @@ class ModelSpec:
     input_size: int  # square side the net expects
     description: str
     builder: Callable[..., nn.Module]
-    family: str  # "paper" or "torchvision"
+    family: str  # "paper", "torchvision" or "segmentation" (per-pixel logits, not class logits)
 
     @property
     def options(self) -> list[str]:
         """Names of the keyword options ``create_model`` accepts for this network."""
         return [p for p in inspect.signature(self.builder).parameters if p not in _RESERVED]
 
-    def parameter_count(self, num_classes: int = 2, in_channels: int = 1) -> int:
-        """Parameters of the net built with these settings (built on the meta device: no weights are allocated)."""
+    def parameter_count(self, num_classes: int | None = None, in_channels: int = 1) -> int:
+        """Parameters of the net built with these settings (built on the meta device: no weights are allocated);
+        ``num_classes`` defaults to 2 classes, or 1 mask channel for a segmentation net."""
+        if num_classes is None:
+            num_classes = 1 if self.family == "segmentation" else 2
         with torch.device("meta"):
             return count_parameters(create_model(self.name, num_classes, in_channels))
 

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from lungscope.errors import ConfigError
+from lungscope.segmentation.roi import ROI_CHOICES
 
 _CHOICES = {
     "optimizer": ("adam", "sgd"),
@@ -19,6 +20,7 @@ _CHOICES = {
     "monitor": ("val_auc", "val_loss", "val_accuracy"),
     "labels": ("binary", "three-class", "tb"),
     "calibration": ("temperature", "temperature+bias"),
+    "roi": ROI_CHOICES,
 }
 
 
@@ -36,6 +38,8 @@ class TrainConfig:
     image_size: int | None = None
     resize: str = "squash"
     clahe: bool = False
+    roi: str = "none"  # "lungs": crop each image to its lung fields (the bundled lung U-Net) before resizing
+    roi_margin: float = 0.05  # of the image's height and width, added around the lungs' box on every side
     augment: bool = True
     epochs: int = 10
     batch_size: int = 32
@@ -71,7 +75,7 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be positive, not {value}")
         if self.image_size is not None and self.image_size < 8:
             raise ConfigError(f"image_size must be at least 8, not {self.image_size}")
-        for key in ("val_fraction", "test_fraction"):
+        for key in ("val_fraction", "test_fraction", "roi_margin"):
             if not 0 <= getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be in [0, 1), not {getattr(self, key)}")
         if self.val_fraction == 0 and self.manifest is None:

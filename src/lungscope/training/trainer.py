@@ -96,7 +96,10 @@ class Trainer:
         self.config, self.resume, self.show = config, resume, progress
         self.device = select_device(config.device)
         self.classes = list(classes_for(config.labels))
-        self.image_size = config.image_size or get_spec(config.model).input_size
+        spec = get_spec(config.model)
+        if spec.family == "segmentation":
+            raise ConfigError(f"{spec.name} segments lungs, it does not classify; train it with `lungscope train-segmenter`")
+        self.image_size = config.image_size or spec.input_size
 
     # -- set-up -------------------------------------------------------------------------------------------------
     def _data(self) -> tuple[AugmentedImages, AugmentedImages]:
@@ -104,7 +107,7 @@ class Trainer:
         frame = load_manifest(self.out / "split.csv") if self.resume else make_split(c)
         if not self.resume:
             save_manifest(frame, self.out / "split.csv")
-        preprocess = build_preprocess(self.image_size, resize=c.resize, clahe=c.clahe)
+        preprocess = build_preprocess(self.image_size, resize=c.resize, clahe=c.clahe, roi=c.roi, roi_margin=c.roi_margin)
         sets = []
         for split, train in (("train", True), ("val", False)):
             part = frame[frame["split"] == split].reset_index(drop=True)

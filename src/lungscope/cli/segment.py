@@ -1,0 +1,64 @@
+"""The lung segmentation verbs: segment, train-segmenter."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from lungscope.cli.common import EXIT_OK, EXIT_PARTIAL
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from lungscope.segmentation.files import segment_files
+
+    result = segment_files(args.paths, args.out, segmenter=args.model)
+    for failure in result["failed"]:
+        print(f"lungscope segment: skipped {failure['path']}: {failure['error']}", file=sys.stderr)
+    print(f"segmented {len(result['written'])} image(s): masks in {args.out / 'masks'}, overlays in "
+          f"{args.out / 'overlays'}")
+    return EXIT_PARTIAL if result["failed"] else EXIT_OK
+
+
+def _add_segment(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "segment", help="lung masks (255 lung, 0 not) and overlays of X-ray files, at each file's resolution",
+        description="Segment the lung fields of files, folders or glob patterns with the bundled lung U-Net (or "
+        "--model): OUT/masks/<stem>.png and OUT/overlays/<stem>.png. The two largest regions are kept and their "
+        "holes filled. Unreadable files are listed and skipped (exit code 2).",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--model", default="default", help="segmenter checkpoint or run folder (default: the bundled one)")
+    p.set_defaults(func=_cmd_segment)
+
+
+def _cmd_train_segmenter(args: argparse.Namespace) -> int:
+    from lungscope.segmentation.train import SegmenterConfig, train_segmenter
+
+    config = SegmenterConfig(image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                             seed=args.seed)
+    print(json.dumps(train_segmenter(args.images, args.masks, args.out, config), indent=2))
+    return EXIT_OK
+
+
+def _add_train_segmenter(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-segmenter", help="train a lung U-Net on X-rays and binary lung masks of the same file names",
+        description="Train the lung-unet on a patient-grouped split of IMAGES/MASKS pairs (masks: 0 background, "
+        "255 lung), keep the epoch with the best validation Dice, and report Dice and IoU on the held-out part. "
+        "Writes OUT/best.pt (usable by segment --model and roi: lungs), split.csv, metrics.csv, summary.json.",
+    )
+    p.add_argument("images", type=Path, metavar="IMAGES", help="folder of X-rays")
+    p.add_argument("masks", type=Path, metavar="MASKS", help="folder of lung masks named as the X-rays")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="run folder")
+    p.add_argument("--image-size", type=int, default=128, help="network input side, a multiple of 8 (default 128)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_train_segmenter)
+
+
+VERBS = [_add_segment, _add_train_segmenter]

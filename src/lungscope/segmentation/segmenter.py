@@ -1,0 +1,79 @@
+"""A trained lung segmenter: any 2-D X-ray in, a clean boolean lung mask at the X-ray's own resolution out."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lungscope.checkpoint import load_checkpoint
+from lungscope.models import create_model
+from lungscope.segmentation.masks import clean_mask
+
+DEFAULT_SEGMENTER = Path(__file__).resolve().parent.parent / "bundled" / "lung-unet.pt"
+MEAN, STD = 0.5, 0.25  # the classifiers' normalisation: [0, 1] -> about [-2, 2]
+
+
+def to_input(images: Sequence[np.ndarray] | torch.Tensor, size: int) -> torch.Tensor:
+    """2-D float [0, 1] images (or a ``(N, 1, H, W)`` tensor) as the normalised ``(N, 1, size, size)`` network input."""
+    if isinstance(images, torch.Tensor):
+        batch = images.float()
+    else:
+        batch = torch.cat([F.interpolate(torch.as_tensor(np.asarray(image), dtype=torch.float32)[None, None],
+                                         size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+                           for image in images])
+    if batch.shape[-2:] != (size, size):
+        batch = F.interpolate(batch, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return (batch - MEAN) / STD
+
+
+class LungSegmenter:
+    """A lung U-Net with its input size. Build with :meth:`load`; ``threshold`` applies to the lung probability."""
+
+    def __init__(self, model: nn.Module, input_size: int, info: dict[str, Any] | None = None,
+                 threshold: float = 0.5) -> None:
+        self.model = model.eval()
+        self.input_size = input_size
+        self.info = info or {}
+        self.threshold = threshold
+
+    @classmethod
+    def load(cls, source: str | os.PathLike[str] = "default") -> LungSegmenter:
+        """From a checkpoint written by :func:`lungscope.segmentation.train.train_segmenter` (or its run folder's
+        ``best.pt``), or ``"default"``: the bundled lung U-Net. Loaded with ``weights_only=True``."""
+        path = DEFAULT_SEGMENTER if str(source) == "default" else Path(source)
+        state = load_checkpoint(path / "best.pt" if path.is_dir() else path)
+        model = create_model(state["model_name"], num_classes=1, **state.get("model_options", {}))
+        model.load_state_dict(state["model"])
+        return cls(model, int(state["image_size"]), {k: v for k, v in state.items() if k != "model"})
+
+    @torch.inference_mode()
+    def probabilities(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per-pixel lung probability of each 2-D float [0, 1] image, at that image's resolution."""
+        if not images:
+            return []
+        logits = self.model(to_input(images, self.input_size))
+        return [F.interpolate(logit[None], size=np.shape(image), mode="bilinear", align_corners=False)[0, 0]
+                .sigmoid().numpy() for logit, image in zip(logits, images)]
+
+    def masks(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Boolean lung masks: probability >= ``threshold``, then the two largest regions with holes filled."""
+        return [clean_mask(p >= self.threshold) for p in self.probabilities(images)]
+
+    def mask(self, image: np.ndarray) -> np.ndarray:
+        """The boolean lung mask of one image."""
+        return self.masks([image])[0]
+
+
+@lru_cache(maxsize=4)
+def cached_segmenter(source: str = "default") -> LungSegmenter:
+    """One segmenter per source and process: preprocessing steps built per image share its weights."""
+    return LungSegmenter.load(source)
+
