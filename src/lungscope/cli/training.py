@@ -64,10 +64,12 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from lungscope.training import resume_config, train
+    from lungscope.training.distributed import is_main_process
 
     config = resume_config(args.out, **_train_overrides(args)) if args.resume else train_config(args)
     summary = train(config, resume=args.resume)
-    print(json.dumps(summary, indent=2))
+    if is_main_process():  # under torchrun, once
+        print(json.dumps(summary, indent=2))
     return EXIT_OK
 
 
