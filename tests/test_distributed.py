@@ -24,7 +24,13 @@ from lungscope.cli import main
 from lungscope.errors import ConfigError
 from lungscope.training import TrainConfig, Trainer
 from lungscope.training.data import AugmentedImages
-from lungscope.training.distributed import SINGLE, GlobalBatchCrossEntropy, Rank, ShardedBatches, rank_seed
+from lungscope.training.distributed import (
+    SINGLE,
+    GlobalBatchCrossEntropy,
+    Rank,
+    ShardedBatches,
+    rank_seed,
+)
 
 SRC = Path(lungscope.__file__).resolve().parents[1]
 
@@ -39,9 +45,19 @@ def test_shares_make_up_each_batch(world: int) -> None:
     assert [len(share) for share in shares] == [len(whole)] * world  # every rank takes the same number of steps
     for step, batch in enumerate(whole):
         parts = [share[step] for share in shares]
-        assert sorted(sum(parts, [])) == sorted(batch)  # disjoint, and together the whole batch
+        assert sorted(index for part in parts for index in part) == sorted(batch)  # disjoint, together the batch
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
     assert shares[0][0] == whole[0][0::world]
+
+
+def _epoch(data: AugmentedImages, rank: Rank, out: Path, **options: object) -> list[torch.Tensor]:
+    """One epoch of the trainer's training batches on ``rank``, seeded as the trainer seeds it (alike on every rank)."""
+    trainer = Trainer(TrainConfig.from_dict({"out": str(out), **options}), progress=False)
+    trainer.rank = rank
+    generator = torch.Generator()
+    loader = trainer._train_loader(data, RandomSampler(data, generator=generator), generator)
+    generator.manual_seed(7)
+    return [images.flatten() for images, _ in loader]
 
 
 def test_trainer_gives_each_rank_its_share_of_the_same_batches(tmp_path: Path) -> None:
@@ -49,12 +65,7 @@ def test_trainer_gives_each_rank_its_share_of_the_same_batches(tmp_path: Path) -
     data = AugmentedImages(images, [i % 2 for i in range(10)], transform=lambda x: x)
 
     def steps(rank: Rank, batch_size: int = 4) -> list[list[int]]:
-        trainer = Trainer(TrainConfig(out=str(tmp_path / "run"), batch_size=batch_size), progress=False)
-        trainer.rank = rank
-        generator = torch.Generator()
-        loader = trainer._train_loader(data, RandomSampler(data, generator=generator), generator)
-        generator.manual_seed(7)  # as the trainer seeds each epoch, on every rank alike
-        return [batch.flatten().int().tolist() for batch, _ in loader]
+        return [batch.int().tolist() for batch in _epoch(data, rank, tmp_path / "run", batch_size=batch_size)]
 
     single, first, second = steps(SINGLE), steps(Rank(0, 2)), steps(Rank(1, 2))
     assert len(single) == len(first) == len(second) == 2  # 10 images, batches of 4, the partial one dropped
@@ -63,6 +74,20 @@ def test_trainer_gives_each_rank_its_share_of_the_same_batches(tmp_path: Path) -
     with pytest.raises(ConfigError, match="batch of 3 image.* cannot be shared by 4 processes"):
         steps(Rank(0, 4), batch_size=3)
     assert rank_seed(11, Rank(0, 2)) == 11 and rank_seed(11, Rank(1, 2)) not in (11, rank_seed(11, Rank(2, 3)))
+
+
+def _noise(image: torch.Tensor) -> torch.Tensor:
+    return torch.rand(image.shape)  # stands for an augmentation's random draws
+
+
+def test_loader_workers_draw_their_own_stream_on_each_rank(tmp_path: Path) -> None:
+    data = AugmentedImages(torch.zeros(8, 1, 1, 1, dtype=torch.float16), [0, 1] * 4, transform=_noise)
+    options = {"batch_size": 4, "workers": 1}
+    single, first, second = (torch.cat(_epoch(data, rank, tmp_path / "run", **options))
+                             for rank in (SINGLE, Rank(0, 2), Rank(1, 2)))
+    assert torch.equal(first, single[:4])  # rank 0 keeps the single-process stream
+    assert not torch.equal(first, second)  # rank 1 augments its share with a stream of its own
+    assert torch.equal(second, torch.cat(_epoch(data, Rank(1, 2), tmp_path / "run", **options)))  # seeded
 
 
 # Made-up batch: 9 images in 3 classes, class weights as --class-weights gives them; 2 ranks take 5 and 4 of them,
@@ -126,7 +151,7 @@ def test_two_processes_under_torchrun_train_what_one_process_trains(
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                 "--log-dir", str(logs), "--redirects", "3", "-m", "lungscope.cli"]
     done = subprocess.run([*torchrun, *argv, str(tmp_path / "ddp")], env=env, capture_output=True, text=True,
-                          timeout=900)
+                          timeout=900, check=False)
     worker_logs = {p.parent.name + "/" + p.name: p.read_text() for p in logs.rglob("*.log")}
     assert done.returncode == 0, done.stderr + json.dumps(worker_logs, indent=1)
     assert main([*argv, str(tmp_path / "single")]) == 0
@@ -144,8 +169,9 @@ def test_two_processes_under_torchrun_train_what_one_process_trains(
     # metrics.csv holds 6 significant digits: one unit in the last one is at most 1e-5 of the value.
     pd.testing.assert_frame_equal(metrics, expected, check_exact=False, rtol=2e-5, atol=0)
 
-    # The weights after 2 epochs (16 Adam steps at lr 1e-3) differ by float32 rounding alone (about 1e-7 of each
-    # tensor here); 1e-5 relative with 1e-6 absolute for weights near zero is far below one step's change.
+    # After 12 Adam steps at lr 1e-3 (each moves a weight by up to ~1e-3) the weights differ by float32 rounding
+    # alone: measured up to 6e-8, while averaging each rank's own weighted mean loss instead moved them by 3e-4 to
+    # 7e-3. Hence 1e-5 relative plus 1e-6 absolute (for weights near zero).
     best, best_single = (torch.load(run / "best.pt", weights_only=True) for run in (ddp, single))
     assert best["epoch"] == best_single["epoch"]
     assert best["model"].keys() == best_single["model"].keys()

@@ -72,6 +72,7 @@ def process_group(device: torch.device) -> Iterator[tuple[Rank, torch.device]]:
     if owned:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
+        dist.barrier()  # every process has read its options and checked the run folder before rank 0 writes there
         yield Rank(dist.get_rank(), dist.get_world_size()), device
     finally:
         if owned:
@@ -100,6 +101,12 @@ def rank_seed(seed: int, rank: Rank) -> int:
     """The seed of this rank's own random stream (augmentation, dropout): ``seed`` itself on rank 0, as in a single
     process, and an independent one on every other rank, so no two ranks draw the same augmentation."""
     return seed if rank.rank == 0 else int(np.random.SeedSequence([seed, rank.rank]).generate_state(1)[0])
+
+
+def reseed_worker(worker_id: int, rank: Rank) -> None:
+    """A DataLoader ``worker_init_fn``: the worker's own stream made this rank's (workers are seeded from the batch
+    order's generator, the same on every rank, and would otherwise augment every rank's images alike)."""
+    torch.manual_seed(rank_seed(torch.initial_seed(), rank))
 
 
 class ShardedBatches(Sampler[list[int]]):

@@ -16,6 +16,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ from lungscope.training.distributed import (
     data_parallel,
     process_group,
     rank_seed,
+    reseed_worker,
     sync_batchnorm,
 )
 from lungscope.training.engine import predict, train_one_epoch, validation_metrics
@@ -286,12 +288,15 @@ class Trainer:
         (``generator`` seeds the order, the same on every rank)."""
         c = self.config
         batches: Sampler[list[int]] = BatchSampler(order, c.batch_size, drop_last=len(train_set) > c.batch_size)
+        reseed = None
         if self.rank.distributed:
             if min(c.batch_size, len(train_set)) < self.rank.world_size:
                 raise ConfigError(f"a batch of {min(c.batch_size, len(train_set))} image(s) cannot be shared by "
                                   f"{self.rank.world_size} processes; raise --batch-size (the global batch)")
             batches = ShardedBatches(batches, self.rank)
-        return DataLoader(train_set, batch_sampler=batches, generator=generator, num_workers=c.workers)
+            reseed = partial(reseed_worker, rank=self.rank)
+        return DataLoader(train_set, batch_sampler=batches, generator=generator, num_workers=c.workers,
+                          worker_init_fn=reseed)
 
     def _save_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, state: _Progress,
                     row: dict[str, float], best_metrics: dict[str, float] | None) -> None:
