@@ -22,7 +22,7 @@ _TRAIN_FLAGS: list[tuple[str, dict[str, object]]] = [
     ("--pretrained", {"help": "imagenet, PATH of a state dict, or none"}),
     ("--image-size", {"type": int, "help": "input side (default: the model's)"}),
     ("--epochs", {"type": int}),
-    ("--batch-size", {"type": int}),
+    ("--batch-size", {"type": int, "help": "images per step (under torchrun: in all, shared by the processes)"}),
     ("--lr", {"type": float, "help": "learning rate"}),
     ("--optimizer", {"choices": ["adam", "sgd"]}),
     ("--weight-decay", {"type": float}),
@@ -88,7 +88,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a model; writes a run folder (config, split, metrics, curves, checkpoints)",
         description="Train on a patient-grouped split. A YAML --config can hold every option; flags override it. "
-        "Ctrl-C leaves a resumable run: continue it with --resume --out RUN_DIR.",
+        "Ctrl-C leaves a resumable run: continue it with --resume --out RUN_DIR. "
+        "`torchrun --nproc-per-node N -m lungscope.cli train ...` trains with N processes (data-parallel).",
     )
     _add_train_options(p, "run folder to write")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")

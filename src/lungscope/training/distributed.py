@@ -100,7 +100,7 @@ def sum_over_ranks(values: Sequence[float], device: torch.device) -> list[float]
 def rank_seed(seed: int, rank: Rank) -> int:
     """The seed of this rank's own random stream (augmentation, dropout): ``seed`` itself on rank 0, as in a single
     process, and an independent one on every other rank, so no two ranks draw the same augmentation."""
-    return seed if rank.rank == 0 else int(np.random.SeedSequence([seed, rank.rank]).generate_state(1)[0])
+    return seed if rank.rank == 0 else int(np.random.SeedSequence([seed % 2**64, rank.rank]).generate_state(1)[0])
 
 
 def reseed_worker(worker_id: int, rank: Rank) -> None:
