@@ -23,7 +23,7 @@ _TRAIN_FLAGS: list[tuple[str, dict[str, object]]] = [
     ("--image-size", {"type": int, "help": "input side (default: the model's)"}),
     ("--roi", {"choices": ["none", "lungs"], "help": "lungs: crop each X-ray to its lung fields before resizing"}),
     ("--epochs", {"type": int}),
-    ("--batch-size", {"type": int}),
+    ("--batch-size", {"type": int, "help": "images per step (under torchrun: in all, shared by the processes)"}),
     ("--lr", {"type": float, "help": "learning rate"}),
     ("--optimizer", {"choices": ["adam", "sgd"]}),
     ("--weight-decay", {"type": float}),
@@ -65,10 +65,12 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from lungscope.training import resume_config, train
+    from lungscope.training.distributed import is_main_process
 
     config = resume_config(args.out, **_train_overrides(args)) if args.resume else train_config(args)
     summary = train(config, resume=args.resume)
-    print(json.dumps(summary, indent=2))
+    if is_main_process():  # under torchrun, once
+        print(json.dumps(summary, indent=2))
     return EXIT_OK
 
 
@@ -87,7 +89,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a model; writes a run folder (config, split, metrics, curves, checkpoints)",
         description="Train on a patient-grouped split. A YAML --config can hold every option; flags override it. "
-        "Ctrl-C leaves a resumable run: continue it with --resume --out RUN_DIR.",
+        "Ctrl-C leaves a resumable run: continue it with --resume --out RUN_DIR. "
+        "`torchrun --nproc-per-node N -m lungscope.cli train ...` trains with N processes (data-parallel).",
     )
     _add_train_options(p, "run folder to write")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")

@@ -10,6 +10,8 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from tqdm.auto import tqdm
 
+from lungscope.training.distributed import sum_over_ranks
+
 
 def _autocast(device: torch.device) -> torch.autocast:
     # Mixed precision only on CUDA: bf16 autocast on CPUs without AMX is many times slower than fp32.
@@ -25,7 +27,8 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler,
     bar: tqdm,
 ) -> float:
-    """Train for one pass over ``loader``; returns the mean loss per image."""
+    """Train for one pass over ``loader``; returns the mean loss per image (of every rank's images when distributed:
+    ``model`` is then wrapped in DistributedDataParallel and ``loader`` yields this rank's share of each batch)."""
     model.train()
     total, count = 0.0, 0
     for images, targets in loader:
@@ -40,6 +43,7 @@ def train_one_epoch(
         count += len(targets)
         bar.update(1)
         bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
+    total, count = sum_over_ranks([total, count], device)
     return total / max(count, 1)
 
 

@@ -3,6 +3,9 @@
 A run folder holds ``config.yaml`` (the resolved config), ``split.csv`` (the patient-grouped split manifest),
 ``metrics.csv`` (a row per epoch), ``curves.png``, ``best.pt`` (weights and config of the best epoch), ``last.pt``
 (everything needed to resume) and ``summary.json``.
+
+Under ``torchrun`` the processes train one model together (see :mod:`lungscope.training.distributed`): rank 0 alone
+makes the split, validates, decides (best epoch, learning-rate schedule, early stopping) and writes the run folder.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +24,42 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
 
+from lungscope.checkpoint import load_checkpoint, save_checkpoint
 from lungscope.data.datasets import scan_dataset
 from lungscope.data.labels import classes_for
-from lungscope.data.splits import load_manifest, save_manifest, split_by_patient, subsample_by_patient
-from lungscope.data.transforms import build_augment_normalise, build_preprocess, class_weights, weighted_sampler
+from lungscope.data.splits import (
+    load_manifest,
+    save_manifest,
+    split_by_patient,
+    subsample_by_patient,
+)
+from lungscope.data.transforms import (
+    build_augment_normalise,
+    build_preprocess,
+    class_weights,
+    weighted_sampler,
+)
+from lungscope.device import select_device
 from lungscope.errors import ConfigError, DatasetError
 from lungscope.evaluation.operating import operating_point, store_operating_point
 from lungscope.models import classifier_head, create_model, get_spec
 from lungscope.progress import progress_bar
-from lungscope.checkpoint import load_checkpoint, save_checkpoint
-from lungscope.device import select_device
 from lungscope.training.config import TrainConfig
 from lungscope.training.curves import plot_curves
 from lungscope.training.data import AugmentedImages, preload
+from lungscope.training.distributed import (
+    SINGLE,
+    GlobalBatchCrossEntropy,
+    ShardedBatches,
+    broadcast,
+    data_parallel,
+    process_group,
+    rank_seed,
+    reseed_worker,
+    sync_batchnorm,
+)
 from lungscope.training.engine import predict, train_one_epoch, validation_metrics
 
 METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_auc", "lr", "seconds"]
@@ -94,7 +119,7 @@ class Trainer:
         elif (self.out / "last.pt").exists():
             raise ConfigError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
         self.config, self.resume, self.show = config, resume, progress
-        self.device = select_device(config.device)
+        self.device, self.rank = select_device(config.device), SINGLE
         self.classes = list(classes_for(config.labels))
         spec = get_spec(config.model)
         if spec.family == "segmentation":
@@ -104,9 +129,12 @@ class Trainer:
     # -- set-up -------------------------------------------------------------------------------------------------
     def _data(self) -> tuple[AugmentedImages, AugmentedImages]:
         c = self.config
-        frame = load_manifest(self.out / "split.csv") if self.resume else make_split(c)
-        if not self.resume:
-            save_manifest(frame, self.out / "split.csv")
+        frame = None
+        if self.rank.is_main:
+            frame = load_manifest(self.out / "split.csv") if self.resume else make_split(c)
+            if not self.resume:
+                save_manifest(frame, self.out / "split.csv")
+        frame = broadcast(frame, self.rank)
         preprocess = build_preprocess(self.image_size, resize=c.resize, clahe=c.clahe, roi=c.roi, roi_margin=c.roi_margin)
         sets = []
         for split, train in (("train", True), ("val", False)):
@@ -117,7 +145,7 @@ class Trainer:
             if unknown:
                 raise DatasetError(f"labels {unknown} are not in the {c.labels} scheme ({', '.join(self.classes)})")
             images, kept, errors = preload(part["path"].tolist(), preprocess, show=self.show, desc=f"decode {split}")
-            for error in errors:
+            for error in errors if self.rank.is_main else ():
                 print(f"warning: skipped unreadable {error['path']}: {error['error']}")
             if not kept:
                 raise DatasetError(f"no readable image in the {split} split")
@@ -160,16 +188,28 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        """Run every epoch (or the remaining ones); returns the summary also written to ``summary.json``."""
+        """Run every epoch (or the remaining ones); returns the summary also written to ``summary.json``.
+        Under torchrun every process calls it, and every process gets the summary."""
+        with process_group(self.device) as (self.rank, self.device):
+            if not self.rank.is_main:
+                self.show = False
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         c = self.config
-        self.out.mkdir(parents=True, exist_ok=True)
-        c.to_yaml(self.out / "config.yaml")
+        if self.rank.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            c.to_yaml(self.out / "config.yaml")
         seed_everything(c.seed)
         train_set, val_set = self._data()
         model = create_model(c.model, num_classes=len(self.classes), pretrained=c.pretrained, **c.model_options)
-        model.to(self.device)
+        model = sync_batchnorm(model, self.rank, self.device).to(self.device)
         weight = class_weights(train_set.targets.tolist(), self.classes) if c.class_weights else None
-        criterion = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(self.device))
+        device_weight = None if weight is None else weight.to(self.device)
+        if self.rank.distributed:
+            criterion: nn.Module = GlobalBatchCrossEntropy(self.rank.world_size, device_weight)
+        else:
+            criterion = nn.CrossEntropyLoss(weight=device_weight)
         state = _Progress()
         optimizer, scheduler = self._stage(model, 0)
         if self.resume:
@@ -180,19 +220,18 @@ class Trainer:
             optimizer.load_state_dict(last["optimizer"])
             if scheduler is not None and last["scheduler"] is not None:
                 scheduler.load_state_dict(last["scheduler"])
+        net = data_parallel(model, self.rank, self.device)
 
         generator = torch.Generator()
         sampler = None
         if c.sampler == "weighted":
             sampler = weighted_sampler(train_set.targets.tolist(), self.classes, seed=c.seed)
-        train_loader = DataLoader(
-            train_set, batch_size=c.batch_size, shuffle=sampler is None, sampler=sampler, generator=generator,
-            num_workers=c.workers, drop_last=len(train_set) > c.batch_size,
-        )
+        order = RandomSampler(train_set, generator=generator) if sampler is None else sampler
+        train_loader = self._train_loader(train_set, order, generator)
         val_loader = DataLoader(val_set, batch_size=max(c.batch_size, 64), num_workers=c.workers)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.device.type == "cuda")
         metrics_path = self.out / "metrics.csv"
-        if not self.resume:
+        if self.rank.is_main and not self.resume:
             metrics_path.write_text(",".join(METRIC_COLUMNS) + "\n")
 
         started = time.perf_counter() - state.seconds
@@ -201,47 +240,86 @@ class Trainer:
             for epoch in range(state.epoch, c.epochs):
                 if epoch == c.freeze_epochs and epoch > 0:
                     optimizer, scheduler = self._stage(model, epoch)
+                    net = data_parallel(model, self.rank, self.device)
                 # Seeding each epoch from (seed, epoch) makes shuffling, sampling, augmentation and dropout the same
-                # whether the run went straight through or was resumed.
-                torch.manual_seed(c.seed * 10_000 + epoch)
+                # whether the run went straight through or was resumed (shuffling and sampling: on every rank).
+                torch.manual_seed(rank_seed(c.seed * 10_000 + epoch, self.rank))
                 generator.manual_seed(c.seed * 10_000 + epoch)
                 if sampler is not None:
                     sampler.generator.manual_seed(c.seed * 10_000 + epoch)
                 epoch_start = time.perf_counter()
-                train_loss = train_one_epoch(model, train_loader, criterion, optimizer, self.device, scaler, bar)
-                probabilities, labels = predict(model, val_loader, self.device)
-                metrics = validation_metrics(probabilities, labels, weight)
+                train_loss = train_one_epoch(net, train_loader, criterion, optimizer, self.device, scaler, bar)
+                metrics = None
+                if self.rank.is_main:  # validation on rank 0 alone; every rank then takes the same decisions
+                    metrics = validation_metrics(*predict(model, val_loader, self.device), weight)
+                metrics = broadcast(metrics, self.rank)
                 lr = optimizer.param_groups[0]["lr"]
                 value = metrics[c.monitor]
                 if scheduler is not None:
                     scheduler.step(value) if c.scheduler == "plateau" else scheduler.step()
                 state.epoch = epoch + 1
-                if _improved(value, state.best, c.monitor):
+                improved = _improved(value, state.best, c.monitor)
+                if improved:
                     state.best, state.best_epoch, state.bad_epochs = value, epoch + 1, 0
-                    save_checkpoint(self._best_state(model, epoch + 1, metrics), self.out / "best.pt")
                 else:
                     state.bad_epochs += 1
                 row = {"epoch": epoch + 1, "train_loss": train_loss, **metrics, "lr": lr,
                        "seconds": time.perf_counter() - epoch_start}
-                with metrics_path.open("a", newline="") as handle:
-                    csv.DictWriter(handle, METRIC_COLUMNS).writerow({k: _fmt(v) for k, v in row.items()})
                 state.seconds = time.perf_counter() - started
-                save_checkpoint(
-                    {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": None if scheduler is None else scheduler.state_dict(),
-                     "progress": vars(state).copy()},
-                    self.out / "last.pt",
-                )
+                if self.rank.is_main:
+                    self._save_epoch(model, optimizer, scheduler, state, row, metrics if improved else None)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{train_loss:.4f}", val_auc=f"{metrics['val_auc']:.4f}")
                 if c.early_stopping and state.bad_epochs >= c.early_stopping:
-                    bar.write(f"early stop after epoch {epoch + 1}: no better {c.monitor} in {c.early_stopping} epochs")
+                    if self.rank.is_main:
+                        bar.write(f"early stop after epoch {epoch + 1}: no better {c.monitor} in {c.early_stopping} "
+                                  "epochs")
                     break
         except KeyboardInterrupt:
             bar.close()
-            print(f"\ninterrupted after {state.epoch} complete epoch(s); continue with: "
-                  f"lungscope train --resume --out {self.out}")
+            if self.rank.is_main:
+                print(f"\ninterrupted after {state.epoch} complete epoch(s); continue with: "
+                      f"lungscope train --resume --out {self.out}")
             raise
         bar.close()
+        summary = None
+        if self.rank.is_main:
+            summary = self._finish(model, val_loader, state, started, len(train_set), len(val_set))
+        return broadcast(summary, self.rank)
+
+    def _train_loader(self, train_set: AugmentedImages, order: Sampler[int], generator: torch.Generator) -> DataLoader:
+        """Batches of ``batch_size`` images in the sampler's ``order``; under torchrun, this rank's share of each
+        (``generator`` seeds the order, the same on every rank)."""
+        c = self.config
+        batches: Sampler[list[int]] = BatchSampler(order, c.batch_size, drop_last=len(train_set) > c.batch_size)
+        reseed = None
+        if self.rank.distributed:
+            if min(c.batch_size, len(train_set)) < self.rank.world_size:
+                raise ConfigError(f"a batch of {min(c.batch_size, len(train_set))} image(s) cannot be shared by "
+                                  f"{self.rank.world_size} processes; raise --batch-size (the global batch)")
+            batches = ShardedBatches(batches, self.rank)
+            reseed = partial(reseed_worker, rank=self.rank)
+        return DataLoader(train_set, batch_sampler=batches, generator=generator, num_workers=c.workers,
+                          worker_init_fn=reseed)
+
+    def _save_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, state: _Progress,
+                    row: dict[str, float], best_metrics: dict[str, float] | None) -> None:
+        """Write an epoch: ``best.pt`` if it is the best yet (``best_metrics`` given), its metrics row, ``last.pt``."""
+        if best_metrics is not None:
+            save_checkpoint(self._best_state(model, state.epoch, best_metrics), self.out / "best.pt")
+        with (self.out / "metrics.csv").open("a", newline="") as handle:
+            csv.DictWriter(handle, METRIC_COLUMNS).writerow({k: _fmt(v) for k, v in row.items()})
+        save_checkpoint(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": None if scheduler is None else scheduler.state_dict(),
+             "progress": vars(state).copy()},
+            self.out / "last.pt",
+        )
+
+    def _finish(self, model: nn.Module, val_loader: DataLoader, state: _Progress, started: float, n_train: int,
+                n_val: int) -> dict[str, Any]:
+        """Curves, the operating point of the best weights and ``summary.json``; returns the summary."""
+        c = self.config
+        metrics_path = self.out / "metrics.csv"
         plot_curves(metrics_path, self.out / "curves.png")
         model.load_state_dict(load_checkpoint(self.out / "best.pt")["model"])
         point = operating_point(
@@ -252,7 +330,7 @@ class Trainer:
             "model": c.model, "monitor": c.monitor, "best_epoch": state.best_epoch, "best_value": state.best,
             "best_val_auc": self._best_val_auc(metrics_path, state.best_epoch),
             "epochs_run": state.epoch, "wall_time_seconds": round(time.perf_counter() - started, 1),
-            "n_train": len(train_set), "n_val": len(val_set), "device": str(self.device),
+            "n_train": n_train, "n_val": n_val, "device": str(self.device), "processes": self.rank.world_size,
             "threshold": point["threshold_calibrated"], "temperature": point["temperature"],
         }
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
