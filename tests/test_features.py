@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +24,7 @@ from lungscope.features import (
 )
 from lungscope.inference import Classifier
 
-CORRUPT = "IM-9999-0001.jpeg"  # a Kermany normal's name, so it has a patient; its bytes are no image
-
-
-@pytest.fixture(scope="module")
-def xray_slice(chest_xray: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """20 shared images (10 per class, in class folders) and one corrupt made-up file among the normals."""
-    root = tmp_path_factory.mktemp("features") / "slice"
-    for label in ("NORMAL", "PNEUMONIA"):
-        (root / label).mkdir(parents=True)
-        for f in sorted((chest_xray / "train" / label).iterdir())[:10]:
-            shutil.copy(f, root / label / f.name)
-    (root / "NORMAL" / CORRUPT).write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    return root
+CORRUPT = "IM-9999-0001.jpeg"  # the made-up file of the xray_slice fixture
 
 
 @pytest.fixture(scope="module")

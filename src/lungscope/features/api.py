@@ -13,7 +13,7 @@ import pandas as pd
 from lungscope.data.datasets import scan_dataset
 from lungscope.data.labels import classes_for
 from lungscope.errors import ConfigError
-from lungscope.features.extract import FeatureExtractor
+from lungscope.features.extract import FeatureExtractor, model_source
 from lungscope.features.parquet import FeatureWriter, writable_output
 from lungscope.inference import Classifier
 from lungscope.progress import progress_bar
@@ -46,7 +46,7 @@ def features_metadata(source: str | os.PathLike[str], extractor: FeatureExtracto
     """The ``lungscope`` schema metadata of a features file (see :mod:`lungscope.features.parquet`)."""
     classifier = extractor.classifier
     return {
-        "run": "default" if str(source) == "default" else str(Path(source).absolute()),
+        "run": model_source(source),
         "model": classifier.config["model"],
         "model_options": classifier.config.get("model_options", {}),
         "layer": extractor.layer,
@@ -104,7 +104,8 @@ def extract_features(
     if engine == "spark":
         from lungscope.features.spark import extract_with_spark
 
-        n_failed = extract_with_spark(metadata, inputs, out, batch_size=batch_size, master=spark_master)
+        n_failed = extract_with_spark(metadata["run"], layer, metadata, inputs, out, batch_size=batch_size,
+                                      master=spark_master)
     else:
         with FeatureWriter(out, metadata) as writer:
             n_failed = writer.write_rows(local_rows(extractor, inputs, workers=workers, show=show))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +17,12 @@ from lungscope.inference import Classifier
 from lungscope.models.layers import named_classifier_head
 
 PENULTIMATE = "input"  # the suffix recorded for the default layer: "<final Linear's name>:input"
+
+
+def model_source(model: str | os.PathLike[str]) -> str:
+    """``"default"`` (the bundled model), or the absolute path of a run folder or checkpoint: what the features file
+    records and what a Spark worker loads, whatever its working folder."""
+    return "default" if str(model) == "default" else str(Path(model).absolute())
 
 
 def feature_layer(model: nn.Module, layer: str | None = None) -> tuple[str, nn.Module, bool]:
