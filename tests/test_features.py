@@ -135,6 +135,8 @@ def test_writer_refuses_rows_of_the_wrong_type(tmp_path: Path) -> None:
         (["{run}", "{data}", "--out", "{tmp}/f.parquet", "--layer", "fc"], "its layers are: features, features.0"),
         (["{run}", "{data}", "--out", "{tmp}/file.txt/f.parquet"], "cannot create its folder"),
         (["{run}", "{tmp}/nothing", "--out", "{tmp}/f.parquet"], "no such folder or CSV manifest"),
+        (["{run}", "{data}", "--out", "{tmp}/f.parquet", "--engine", "spark", "--spark-master", "bogus://x"],
+         "Spark master 'bogus://x': must be yarn or start with local"),
     ],
 )
 def test_cli_one_line_errors(

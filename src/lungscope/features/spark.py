@@ -61,6 +61,8 @@ def spark_session(master: str = "local[*]", *, driver_memory: str = "2g") -> Ite
     if active is not None:
         yield active
         return
+    if master != "yarn" and not master.startswith(("local", "spark://", "k8s://")):
+        raise ConfigError(f"Spark master {master!r}: must be yarn or start with local, spark:// or k8s://")
     if master.startswith("local"):
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -131,13 +133,13 @@ def _prediction_task(
 
         classifier = worker_classifier(source)
         for frame in frames:
-            todo = frame[frame["error"].isna()]
-            rows = file_rows(classifier, todo["path"].tolist(), threshold, batch_size=batch_size, workers=workers)
-            frame = pd.concat([frame[frame["error"].notna()].assign(probability=None, prediction=None),
-                               pd.DataFrame(rows, columns=CSV_COLUMNS)])
-            # the probability as Python's csv module writes a float, so the CSV matches the local engine's
-            text = [None if pd.isna(p) else str(p) for p in frame["probability"]]
-            yield frame.assign(probability=text)[CSV_COLUMNS]
+            failed = frame["error"].notna()
+            rows = [{"path": path, "error": error} for path, error in zip(frame["path"][failed], frame["error"][failed])]
+            rows += file_rows(classifier, frame["path"][~failed].tolist(), threshold, batch_size=batch_size,
+                              workers=workers)
+            for row in rows:  # the probability as Python's csv module writes it: the local engine's CSV text
+                row["probability"] = None if row.get("probability") is None else str(row["probability"])
+            yield pd.DataFrame(rows, columns=CSV_COLUMNS)
     return run
 
 
