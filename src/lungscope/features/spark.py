@@ -8,7 +8,7 @@ failed task. ``mapInPandas`` rather than ``predict_batch_udf``: the input is str
 must carry an error and null features, which a tensor-in, tensor-out UDF cannot express.
 
 Spark writes the rows as part files; the driver then streams them, in partition order, into the one file the user
-named (see :func:`_merged`). The paths, the run folder and the output's folder must be readable from every executor:
+named (see :func:`_staging`). The paths, the run folder and the output's folder must be readable from every executor:
 a shared file system on a cluster.
 """
 
@@ -34,7 +34,12 @@ from pyspark.sql import DataFrame, SparkSession
 
 from lungscope.errors import ConfigError
 from lungscope.features.extract import FeatureExtractor
-from lungscope.features.parquet import FeatureWriter, part_batches, rows_per_group
+from lungscope.features.parquet import (
+    COLUMNS,
+    FeatureWriter,
+    part_batches,
+    rows_per_group,
+)
 from lungscope.inference import Classifier
 
 ROWS_PER_TASK = 2000  # a task's share of the files: small enough to balance, large enough to amortise its start
@@ -120,8 +125,7 @@ def _feature_task(source: str, layer: str | None, batch_size: int) -> Callable[[
         extractor = worker_extractor(source, layer, batch_size)
         size = min(rows_per_group(extractor.feature_dim), 4 * batch_size)
         for frame in frames:
-            yield from _chunks(local_rows(extractor, frame, show=False), size, ["path", "label", "patient_id",
-                                                                                  "features", "error"])
+            yield from _chunks(local_rows(extractor, frame, show=False), size, list(COLUMNS))
     return run
 
 
@@ -144,7 +148,7 @@ def _prediction_task(
 
 
 @contextmanager
-def _merged(out: Path) -> Iterator[Path]:
+def _staging(out: Path) -> Iterator[Path]:
     """A folder for Spark's part files beside ``out``, removed afterwards.
 
     Why one file and not Spark's folder of parts: the features file carries its contract in the Parquet schema
@@ -170,7 +174,7 @@ def extract_with_spark(
 ) -> int:
     """Write the features file ``out`` (the contract of :mod:`lungscope.features.parquet`) for the rows of
     :func:`~lungscope.features.api.feature_inputs`, computed by Spark; returns how many rows have an error."""
-    with spark_session(master) as spark, _merged(out) as staging:
+    with spark_session(master) as spark, _staging(out) as staging:
         table = _partitions(spark, inputs, "path string, label string, patient_id string, error string")
         table.mapInPandas(_feature_task(source, layer, batch_size), FEATURE_COLUMNS).write.parquet(str(staging))
         with FeatureWriter(out, metadata) as writer:
@@ -190,7 +194,7 @@ def predict_with_spark(
     were predicted and how many have an error."""
     from lungscope.predict import CSV_COLUMNS
 
-    with spark_session(master) as spark, _merged(csv_path) as staging:
+    with spark_session(master) as spark, _staging(csv_path) as staging:
         table = _partitions(spark, inputs, "path string, error string")
         options = {"header": False, "quote": '"', "escape": '"', "nullValue": "", "emptyValue": "",
                    "ignoreLeadingWhiteSpace": False, "ignoreTrailingWhiteSpace": False}
