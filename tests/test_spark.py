@@ -4,6 +4,7 @@ error rows instead of failed stages, one output file, the model loaded once per 
 from __future__ import annotations
 
 import csv
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,10 +51,12 @@ def test_features_match_the_local_engine(
 
 
 def test_predict_csv_matches_the_local_engine(spark: SparkSession, quick_run: Path, xray_slice: Path, tmp_path: Path) -> None:
-    inputs = [str(xray_slice), str(tmp_path / "missing.png")]
+    awkward = tmp_path / 'a, "quoted" name.jpeg'  # CSV quoting survives Spark's writer and the join of its parts
+    shutil.copy(min((xray_slice / "NORMAL").iterdir()), awkward)
+    inputs = [str(xray_slice), str(tmp_path / "missing.png"), str(awkward)]
     local = predict_to_files(Classifier.load(quick_run), inputs, csv_path=tmp_path / "local.csv")
     archive = predict_archive(quick_run, inputs, csv_path=tmp_path / "spark.csv", batch_size=5)
-    assert (archive.n_predicted, archive.n_failed) == (local.n_predicted, local.n_failed) == (20, 2)
+    assert (archive.n_predicted, archive.n_failed) == (local.n_predicted, local.n_failed) == (21, 2)
     a = list(csv.DictReader((tmp_path / "local.csv").open(newline="")))
     b = list(csv.DictReader((tmp_path / "spark.csv").open(newline="")))
     assert [(r["path"], r["prediction"], r["error"]) for r in b] == [(r["path"], r["prediction"], r["error"]) for r in a]
