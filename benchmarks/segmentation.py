@@ -8,6 +8,8 @@ at 256x256 and at a typical full-resolution 2048x2048, median of the repeats. Ru
 
     .venv/bin/python benchmarks/segmentation.py           # writes benchmarks/results/segmentation.md
     .venv/bin/python benchmarks/segmentation.py --model RUN_DIR/best.pt --quick   # prints only
+    .venv/bin/python benchmarks/segmentation.py --threads 1   # on a busy machine: two threads that wait for each
+                                                              # other's time slice cost 20x (measured at load 7.5)
 """
 
 from __future__ import annotations
@@ -59,7 +61,10 @@ def main() -> None:
     parser.add_argument("--model", default=str(DEFAULT_SEGMENTER), help="segmenter checkpoint (default: bundled)")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="10 images, 5 repeats, print only")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     segmenter = LungSegmenter.load(args.model)
     names = load_checkpoint(args.model)["split"]["test"]
     if args.quick:
