@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,15 @@ def quick_run(chest_xray: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     config = TrainConfig(data=str(chest_xray / "train"), out=str(out), model="shallow-cnn", limit=300, epochs=2, seed=1)
     train(config, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def xray_slice(chest_xray: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """21 files in class folders: 10 shared images per class and ``NORMAL/IM-9999-0001.jpeg``, made up and corrupt."""
+    root = tmp_path_factory.mktemp("xray_slice")
+    for label in ("NORMAL", "PNEUMONIA"):
+        (root / label).mkdir()
+        for f in sorted((chest_xray / "train" / label).iterdir())[:10]:
+            shutil.copy(f, root / label / f.name)
+    (root / "NORMAL" / "IM-9999-0001.jpeg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    return root

@@ -14,13 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from lungscope.checkpoint import load_checkpoint
 from lungscope.data.io import read_image
 from lungscope.data.transforms import build_augment_normalise, build_preprocess
 from lungscope.errors import ImageReadError
 from lungscope.evaluation.calibration import apply_temperature
 from lungscope.models import create_model
-from lungscope.checkpoint import load_checkpoint
-
 
 DEFAULT_MODEL = Path(__file__).parent / "bundled" / "pneumonia.pt"
 
@@ -101,12 +100,12 @@ class Classifier:
         except ImageReadError as error:
             return error.reason
 
-    def predict_files(
-        self, paths: Sequence[str], *, batch_size: int = 32, workers: int | None = None, calibrated: bool = True
-    ) -> Iterator[Prediction]:
-        """Predictions in the order of ``paths``; files decode in threads while the model runs. A bad file yields a
-        :class:`Prediction` with ``error`` set and the rest go on. At most a few batches are decoded ahead."""
-        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool, torch.inference_mode():
+    def decoded_batches(
+        self, paths: Sequence[str], *, batch_size: int = 32, workers: int | None = None
+    ) -> Iterator[list[tuple[str, torch.Tensor | str]]]:
+        """``(path, model input or the reason it could not be read)`` in the order of ``paths``, ``batch_size`` at a
+        time; files decode in threads while the caller works on the previous batch, at most a few batches ahead."""
+        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
             pending: deque[tuple[str, Future[torch.Tensor | str]]] = deque()
             iterator = iter(paths)
             for path in iterator:
@@ -119,14 +118,22 @@ class Classifier:
                     pending.append((str(path), pool.submit(self._read, str(path))))
                     if len(pending) >= 2 * batch_size:
                         break
-                results = [(path, future.result()) for path, future in chunk]
-                good = [(path, tensor) for path, tensor in results if isinstance(tensor, torch.Tensor)]
-                probabilities = {}
-                if good:
+                yield [(path, future.result()) for path, future in chunk]
+
+    def predict_files(
+        self, paths: Sequence[str], *, batch_size: int = 32, workers: int | None = None, calibrated: bool = True
+    ) -> Iterator[Prediction]:
+        """Predictions in the order of ``paths``; files decode in threads while the model runs. A bad file yields a
+        :class:`Prediction` with ``error`` set and the rest go on."""
+        for results in self.decoded_batches(paths, batch_size=batch_size, workers=workers):
+            good = [(path, tensor) for path, tensor in results if isinstance(tensor, torch.Tensor)]
+            probabilities = {}
+            if good:
+                with torch.inference_mode():
                     logits = self.model(torch.stack([tensor for _, tensor in good]))
-                    probabilities = dict(zip((p for p, _ in good), self.probabilities(logits, calibrated)))
-                for path, result in results:
-                    if isinstance(result, str):
-                        yield Prediction(path, None, result)
-                    else:
-                        yield Prediction(path, probabilities[path])
+                probabilities = dict(zip((p for p, _ in good), self.probabilities(logits, calibrated)))
+            for path, result in results:
+                if isinstance(result, str):
+                    yield Prediction(path, None, result)
+                else:
+                    yield Prediction(path, probabilities[path])

@@ -69,6 +69,24 @@ def _row(prediction: Prediction, classifier: Classifier, threshold: float | None
     return {"path": prediction.path, "probability": round(probability, 6), "prediction": label, "error": None}
 
 
+def resolve_threshold(classifier: Classifier, threshold: float | None) -> float | None:
+    """The decision threshold a run uses: ``threshold`` if given (checked), else the model's own, else 0.5 for a
+    binary model (None: the most probable class)."""
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise ConfigError(f"threshold must be within [0, 1], not {threshold}")
+    threshold = classifier.threshold if threshold is None else threshold
+    return 0.5 if threshold is None and len(classifier.classes) == 2 else threshold
+
+
+def file_rows(
+    classifier: Classifier, files: Sequence[str], threshold: float | None, *, batch_size: int = 32,
+    workers: int | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The rows of ``files``, in order, at a threshold already resolved (:func:`resolve_threshold`)."""
+    for prediction in classifier.predict_files(files, batch_size=batch_size, workers=workers):
+        yield _row(prediction, classifier, threshold)
+
+
 def predict_rows(
     classifier: Classifier,
     inputs: Sequence[str | os.PathLike[str]],
@@ -80,21 +98,16 @@ def predict_rows(
 ) -> Iterator[dict[str, Any]]:
     """One row per input file: ``path``, ``probability`` (calibrated, of the positive class for a binary model),
     ``prediction`` (at ``threshold``, default the model's own) and ``error`` (None, or why the file was not read)."""
-    if threshold is not None and not 0 <= threshold <= 1:
-        raise ConfigError(f"threshold must be within [0, 1], not {threshold}")
+    threshold = resolve_threshold(classifier, threshold)
     if batch_size < 1:
         raise ConfigError(f"batch size must be positive, not {batch_size}")
-    threshold = classifier.threshold if threshold is None else threshold
-    if threshold is None and len(classifier.classes) == 2:
-        threshold = 0.5
     files, problems = collect_inputs(inputs)
     for problem in problems:
         yield {"path": problem["path"], "probability": None, "prediction": None, "error": problem["error"]}
-    bar = progress_bar(total=len(files), desc="predict", unit="img", show=show)
-    with bar:
-        for prediction in classifier.predict_files(files, batch_size=batch_size, workers=workers):
+    with progress_bar(total=len(files), desc="predict", unit="img", show=show) as bar:
+        for row in file_rows(classifier, files, threshold, batch_size=batch_size, workers=workers):
             bar.update(1)
-            yield _row(prediction, classifier, threshold)
+            yield row
 
 
 def predict_to_files(
@@ -131,6 +144,37 @@ def predict_to_files(
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(run.rows, indent=2) + "\n")
     return run
+
+
+def predict_archive(
+    model: str | os.PathLike[str],
+    inputs: Sequence[str | os.PathLike[str]],
+    *,
+    csv_path: str | os.PathLike[str],
+    threshold: float | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    spark_master: str = "local[*]",
+) -> PredictionRun:
+    """:func:`predict_to_files` on Spark, for archives: the same CSV rows, computed by a Spark job at
+    ``spark_master`` (:mod:`lungscope.features.spark`). ``model`` is a run folder, checkpoint or ``"default"``,
+    loaded once per Spark Python worker. The rows are not kept in memory: ``rows`` of the result is empty."""
+    import pandas as pd
+
+    from lungscope.features.extract import model_source
+    from lungscope.features.parquet import writable_output
+    from lungscope.features.spark import predict_with_spark
+
+    source = model_source(model)
+    threshold = resolve_threshold(Classifier.load(source), threshold)
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be positive, not {batch_size}")
+    csv_path = writable_output(csv_path)
+    files, problems = collect_inputs(inputs)
+    frame = pd.DataFrame([*problems, *({"path": f, "error": None} for f in files)], columns=["path", "error"])
+    predicted, failed = predict_with_spark(source, frame.astype(object), csv_path, threshold, batch_size=batch_size,
+                                           workers=workers, master=spark_master)
+    return PredictionRun(predicted, failed)
 
 
 def write_results_page(

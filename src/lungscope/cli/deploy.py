@@ -14,6 +14,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from lungscope.inference import Classifier
     from lungscope.predict import predict_to_files, write_results_page
 
+    if args.engine == "spark":
+        return _predict_on_spark(args)
     if (args.explain or args.html) and args.out is None:
         raise ConfigError("--explain and --html need --out DIR for the figures and the page")
     classifier = Classifier.load(args.model)
@@ -40,6 +42,19 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if run.n_failed else EXIT_OK
 
 
+def _predict_on_spark(args: argparse.Namespace) -> int:
+    from lungscope.predict import predict_archive
+
+    if args.explain or args.html or args.json:
+        raise ConfigError("--engine spark writes a CSV for archives: --explain, --html and --json need --engine local")
+    if args.csv is None:
+        raise ConfigError("--engine spark needs --csv OUT for its rows")
+    run = predict_archive(args.model, args.paths, csv_path=args.csv, threshold=args.threshold,
+                          batch_size=args.batch_size, workers=args.workers, spark_master=args.spark_master)
+    print(f"{run.n_predicted} predicted, {run.n_failed} could not be read", file=sys.stderr)
+    return EXIT_PARTIAL if run.n_failed else EXIT_OK
+
+
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict", help="predict files, folders and globs; CSV/JSON rows, optional explanations and results page",
@@ -59,6 +74,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--html", action="store_true", help="write OUT/index.html: the results with their figures")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
     p.add_argument("--workers", type=int, help="decoding threads (default: one per core)")
+    p.add_argument("--engine", choices=["local", "spark"], default="local",
+                   help="local (default) or spark: a Spark job writes the --csv rows, for archives")
+    p.add_argument("--spark-master", default="local[*]", metavar="URL", help="Spark master (default local[*])")
     p.set_defaults(func=_cmd_predict)
 
 
