@@ -211,7 +211,6 @@ def test_two_stage_run_predicts_and_explains(head_run: Path, tmp_path: Path,
     (prediction,) = classifier.predict_files([image])
     assert prediction.error is None and prediction.probabilities.sum() == pytest.approx(1, abs=1e-5)
     assert main(["explain", str(head_run), image, "--out", str(tmp_path)]) == 0
-    assert "backbone.body.features.0" in capsys.readouterr().out + "".join(p.name for p in tmp_path.iterdir()) or True
     maps = np.load(tmp_path / "maps.npz")
     (gradcam,) = maps.values()
     assert gradcam.shape[-2:] == (64, 64) and np.abs(gradcam).max() > 0
