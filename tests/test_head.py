@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from lungscope.features import FeatureWriter, extract_features, read_features
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.pipeline import make_pipeline
@@ -26,6 +25,7 @@ from lungscope.data.labels import label_for
 from lungscope.data.splits import load_manifest
 from lungscope.errors import ConfigError
 from lungscope.evaluation.evaluate import evaluate_run
+from lungscope.features import FeatureWriter, extract_features, read_features
 from lungscope.inference import Classifier
 from lungscope.models import classifier_head, create_model, last_conv_layer
 from lungscope.models.two_stage import dense_head
