@@ -40,6 +40,7 @@ EXPECTED = {
     "efficientnet_b0": (224, "torchvision", "features.8.0", "classifier.1"),
     "mobilenet_v3_small": (224, "torchvision", "features.12.0", "classifier.3"),
     "mobilenet_v3_large": (224, "torchvision", "features.16.0", "classifier.3"),
+    "two-stage": (224, "composite", "backbone.layer4.1.conv2", "head.6"),
 }
 PAPER_NETS = [name for name, (_, family, _, _) in EXPECTED.items() if family == "paper"]
 RESNET18_FILE = Path(urlparse(torchvision.models.ResNet18_Weights.DEFAULT.url).path).name
@@ -72,7 +73,7 @@ def _xrays(folder: Path, count: int, size: int) -> torch.Tensor:
 
 def test_registry_lists_every_network_with_its_input_size_and_family() -> None:
     specs = list_models()
-    assert [s.name for s in specs if s.family != "segmentation"] == list(EXPECTED)  # paper nets, then torchvision
+    assert [s.name for s in specs if s.family != "segmentation"] == list(EXPECTED)  # paper, torchvision, composite
     assert [(s.name, s.input_size) for s in specs if s.family == "segmentation"] == [("lung-unet", 128)]
     assert get_spec("lung-unet").parameter_count() == count_parameters(create_model("lung-unet", num_classes=1))
     for spec in specs[: len(EXPECTED)]:

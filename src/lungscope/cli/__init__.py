@@ -11,11 +11,21 @@ import sys
 from collections.abc import Sequence
 
 from lungscope import __version__
-from lungscope.cli import data, deploy, evaluation, explain, features, segment, training
+from lungscope.cli import (
+    data,
+    deploy,
+    evaluation,
+    explain,
+    features,
+    head,
+    segment,
+    training,
+)
 from lungscope.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, Parser
 from lungscope.errors import LungscopeError
 
-_VERBS = [*data.VERBS, *segment.VERBS, *training.VERBS, *evaluation.VERBS, *explain.VERBS, *features.VERBS, *deploy.VERBS]
+_VERBS = [*data.VERBS, *segment.VERBS, *training.VERBS, *head.VERBS, *evaluation.VERBS, *explain.VERBS,
+          *features.VERBS, *deploy.VERBS]
 
 
 def build_parser() -> argparse.ArgumentParser:

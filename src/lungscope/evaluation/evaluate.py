@@ -120,10 +120,11 @@ def _operating_point(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _metrics(
+def metrics_with_ci(
     probabilities: np.ndarray, targets: np.ndarray, patients: np.ndarray, threshold: float | None, **bootstrap: Any
 ) -> tuple[dict[str, Any], np.ndarray, list[dict[str, Any]] | None]:
-    """(metrics with CIs, confusion matrix, per-class metrics with CIs or None for a binary run)."""
+    """(metrics with patient-bootstrap CIs, confusion matrix, per-class metrics with CIs or None for a binary run):
+    binary probabilities decided at ``threshold``, more classes (``threshold=None``) by the largest."""
     n_classes = probabilities.shape[1]
     if threshold is not None:
         scores = probabilities[:, 1]
@@ -199,7 +200,7 @@ def evaluate_run(
     stored = classifier.threshold if calibrated else classifier.raw_threshold
     threshold = (0.5 if stored is None else float(stored)) if binary else None
     bootstrap = {"n_resamples": n_resamples, "seed": seed}
-    metrics, matrix, per_class = _metrics(probabilities, targets, patients, threshold, **bootstrap)
+    metrics, matrix, per_class = metrics_with_ci(probabilities, targets, patients, threshold, **bootstrap)
     counts = frame["label"].value_counts().to_dict()
     overlap = _overlap(run_dir, frame) if run_dir.is_dir() else None
 
@@ -221,7 +222,7 @@ def evaluate_run(
         "confusion_matrix": matrix.tolist(),
     }
     if binary:
-        report["metrics_at_0_5"], matrix_half, _ = _metrics(probabilities, targets, patients, 0.5, **bootstrap)
+        report["metrics_at_0_5"], matrix_half, _ = metrics_with_ci(probabilities, targets, patients, 0.5, **bootstrap)
         report["confusion_matrix_at_0_5"] = matrix_half.tolist()
     else:
         report["per_class"] = dict(zip(classes, per_class))

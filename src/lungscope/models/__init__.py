@@ -4,9 +4,15 @@
 >>> model = create_model("resnet18", num_classes=2, in_channels=1, pretrained="imagenet")
 """
 
-from lungscope.models import backbones, papers, unet  # noqa: F401  (importing them registers their networks)
+from lungscope.models import backbones, papers, two_stage, unet  # noqa: F401  (importing them registers their networks)
 from lungscope.models.layers import classifier_head, count_parameters, last_conv_layer
-from lungscope.models.registry import ModelSpec, create_model, get_spec, list_models, register_model
+from lungscope.models.registry import (
+    ModelSpec,
+    create_model,
+    get_spec,
+    list_models,
+    register_model,
+)
 
 __all__ = [
     "ModelSpec",

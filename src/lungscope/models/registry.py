@@ -15,8 +15,8 @@ from lungscope.errors import ConfigError
 from lungscope.models.layers import count_parameters
 from lungscope.models.weights import imagenet_state_dict, load_weights, read_state_dict
 
-Family = Literal["paper", "torchvision", "segmentation"]
-FAMILIES: tuple[str, ...] = ("paper", "torchvision", "segmentation")
+Family = Literal["paper", "torchvision", "composite", "segmentation"]
+FAMILIES: tuple[str, ...] = ("paper", "torchvision", "composite", "segmentation")
 # Set by create_model, never options: a builder that declares input_size is told the side it is laid out for.
 _RESERVED = frozenset({"num_classes", "in_channels", "input_size"})
 
@@ -29,7 +29,7 @@ class ModelSpec:
     input_size: int  # square side the net expects
     description: str
     builder: Callable[..., nn.Module]
-    family: str  # "paper", "torchvision" or "segmentation" (per-pixel logits, not class logits)
+    family: str  # "paper", "torchvision", "composite" (built of other registry models) or "segmentation"
 
     @property
     def options(self) -> list[str]:
@@ -65,7 +65,7 @@ def register_model(
 
 
 def list_models() -> list[ModelSpec]:
-    """Every registered network: paper CNNs, then torchvision backbones, each in registration order."""
+    """Every registered network: paper CNNs, torchvision backbones, then composite models, each in registration order."""
     return sorted(_REGISTRY.values(), key=lambda spec: FAMILIES.index(spec.family))
 
 

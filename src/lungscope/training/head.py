@@ -1,0 +1,332 @@
+"""Training a classification head on extracted features, and the two-stage model (backbone + head) it makes.
+
+Input: a features Parquet file from ``lungscope features`` (columns ``path``, ``label``, ``patient_id``,
+``features``, ``error``; schema metadata ``lungscope`` naming the run, model, layer and label scheme). Two heads are
+fitted on the train rows, chosen on the validation rows and measured on the test rows, with patient-bootstrap CIs:
+
+* our source's dense head: hidden layers with sigmoid activations and dropout, softmax output (Adam, the epoch with
+  the lowest validation loss is kept, early stopping);
+* a baseline: scikit-learn's multinomial logistic regression on standardised features, its C chosen on validation.
+
+Both train on standardised features; the standardisation is then folded into the first Linear, so each head is
+plain dense layers on the raw features, and the backbone with the head is a registry ``two-stage`` model that
+``predict``, ``evaluate`` and ``explain`` load from the run folder: ``best.pt`` (dense head) and ``baseline.pt``.
+
+The split: the rows of the backbone run's ``split.csv`` keep their side (so the backbone never saw a test patient),
+or a given manifest's; without either, a new patient-grouped split.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lungscope.checkpoint import save_checkpoint
+from lungscope.data.io import read_image
+from lungscope.data.labels import classes_for
+from lungscope.data.splits import load_manifest, save_manifest, split_by_patient
+from lungscope.errors import ConfigError, DatasetError, ImageReadError
+from lungscope.evaluation.evaluate import metrics_with_ci
+from lungscope.evaluation.operating import operating_point, store_operating_point
+from lungscope.features.parquet import read_features
+from lungscope.inference import Classifier
+from lungscope.models import create_model
+from lungscope.models.layers import named_classifier_head
+from lungscope.models.two_stage import (
+    DEFAULT_DROPOUT,
+    DEFAULT_HIDDEN,
+    TwoStage,
+    dense_head,
+)
+from lungscope.progress import progress_bar
+from lungscope.training.curves import plot_curves
+from lungscope.training.engine import predict, train_one_epoch, validation_metrics
+from lungscope.training.trainer import METRIC_COLUMNS
+
+SPLITS = ("train", "val", "test")
+_CHECKED_ROWS = 4  # rows whose stored vectors are recomputed from their images: the features match the model
+
+
+@dataclass
+class HeadConfig:
+    """Every option of ``lungscope train-head``; written to the run's ``config.yaml``."""
+
+    features: str = ""
+    out: str = ""
+    labels: str | None = None  # default: the features' label scheme
+    manifest: str | None = None  # a split manifest; default: the backbone run's split.csv
+    hidden: list[int] = field(default_factory=lambda: list(DEFAULT_HIDDEN))
+    dropout: float = DEFAULT_DROPOUT
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    epochs: int = 300
+    patience: int = 30  # epochs without a lower validation loss before stopping
+    baseline_c: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0])
+    val_fraction: float = 0.15  # only for a new split (no manifest, and a backbone without split.csv)
+    test_fraction: float = 0.15
+    n_resamples: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.labels is not None:
+            classes_for(self.labels)
+        for key in ("lr", "batch_size", "epochs", "patience"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{key} must be positive, not {getattr(self, key)}")
+        if not self.baseline_c or any(not c > 0 for c in self.baseline_c):
+            raise ConfigError(f"baseline C values must be positive, not {self.baseline_c}")
+        dense_head(1, 2, self.hidden, self.dropout)  # validates hidden sizes and dropout
+
+
+@dataclass
+class _Rows:
+    """The usable rows of one split: features (N x D float32), class indices, patients, and the frame."""
+
+    x: np.ndarray
+    y: np.ndarray
+    patients: np.ndarray
+    frame: pd.DataFrame
+
+
+def _layer_option(layer: str, backbone: str, options: dict[str, Any]) -> str | None:
+    """The ``two-stage`` layer option for the layer recorded in the features file (``NAME:input`` = penultimate)."""
+    if not layer.endswith(":input"):
+        return layer
+    with torch.device("meta"):
+        final = named_classifier_head(create_model(backbone, **options))[0]
+    if layer != f"{final}:input":
+        raise ConfigError(f"features taken at {layer!r}: only the input of the final Linear ({final}:input) is supported")
+    return None
+
+
+def _assign_split(frame: pd.DataFrame, config: HeadConfig, run: str) -> tuple[pd.DataFrame, str]:
+    """``frame`` with ``split`` (rows outside the manifest dropped) and where the split came from."""
+    manifest = config.manifest or (os.path.join(run, "split.csv") if run != "default" else None)
+    if manifest is None or not os.path.isfile(manifest):
+        if config.manifest:
+            raise ConfigError(f"{config.manifest}: manifest not found")
+        warnings.warn(f"the features' run {run} has no split.csv: a new patient-grouped split is made, and the "
+                      "backbone may have trained on its test patients", stacklevel=2)
+        split = split_by_patient(frame, val=config.val_fraction, test=config.test_fraction, seed=config.seed)
+        return split, "new patient-grouped split"
+    sides = load_manifest(manifest)
+    side_of = dict(zip(sides["path"].map(os.path.abspath), sides["split"]))
+    out = frame.assign(split=frame["path"].map(lambda p: side_of.get(os.path.abspath(p))))
+    return out[out["split"].isin(SPLITS)].reset_index(drop=True), str(manifest)
+
+
+def _rows(frame: pd.DataFrame, classes: list[str], split: str) -> _Rows:
+    part = frame[frame["split"] == split].reset_index(drop=True)
+    if part.empty:
+        raise DatasetError(f"no {split} rows: the features and the split share no {split} image")
+    x = np.stack(part["features"].to_numpy()).astype(np.float32)
+    return _Rows(x, part["label"].map(classes.index).to_numpy(np.int64), part["patient_id"].to_numpy(), part)
+
+
+def _fold(linear: nn.Linear, scaler: StandardScaler) -> None:
+    """Make ``linear`` take raw features: ``W (x - m) / s + b`` becomes ``(W / s) x + (b - W m / s)``."""
+    scale = torch.as_tensor(scaler.scale_, dtype=torch.float32)
+    mean = torch.as_tensor(scaler.mean_, dtype=torch.float32)
+    with torch.no_grad():
+        linear.weight.div_(scale)
+        linear.bias.sub_(linear.weight @ mean)
+
+
+def _loader(x: np.ndarray, y: np.ndarray, batch_size: int, generator: torch.Generator | None = None) -> DataLoader:
+    data = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+    return DataLoader(data, batch_size=batch_size, shuffle=generator is not None, generator=generator)
+
+
+def fit_dense_head(
+    train: _Rows, val: _Rows, n_classes: int, config: HeadConfig, metrics_csv: Path, progress: bool | None = None
+) -> tuple[nn.Sequential, dict[str, Any]]:
+    """The dense head at its lowest validation loss, taking raw features; and how training went."""
+    scaler = StandardScaler().fit(train.x)
+    x_train, x_val = scaler.transform(train.x).astype(np.float32), scaler.transform(val.x).astype(np.float32)
+    torch.manual_seed(config.seed)
+    head = dense_head(train.x.shape[1], n_classes, config.hidden, config.dropout)
+    optimizer = torch.optim.Adam(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    criterion, device = nn.CrossEntropyLoss(), torch.device("cpu")
+    scaler_amp = torch.amp.GradScaler("cpu", enabled=False)
+    generator = torch.Generator().manual_seed(config.seed)
+    train_loader = _loader(x_train, train.y, config.batch_size, generator)
+    val_loader = _loader(x_val, val.y, 1024)
+    best, best_epoch, best_state = math.inf, 0, None
+    metrics_csv.write_text(",".join(METRIC_COLUMNS) + "\n")
+    bar = progress_bar(total=config.epochs * len(train_loader), desc="train dense head", unit="batch", show=progress)
+    for epoch in range(1, config.epochs + 1):
+        started = time.perf_counter()
+        train_loss = train_one_epoch(head, train_loader, criterion, optimizer, device, scaler_amp, bar)
+        metrics = validation_metrics(*predict(head, val_loader, device))
+        with metrics_csv.open("a", newline="") as handle:
+            row = {"epoch": epoch, "train_loss": train_loss, **metrics, "lr": config.lr,
+                   "seconds": time.perf_counter() - started}
+            csv.DictWriter(handle, METRIC_COLUMNS).writerow({k: f"{v:.6g}" for k, v in row.items()})
+        if metrics["val_loss"] < best:
+            best, best_epoch = metrics["val_loss"], epoch
+            best_state = {k: v.clone() for k, v in head.state_dict().items()}
+        elif epoch - best_epoch >= config.patience:
+            break
+    bar.close()
+    head.load_state_dict(best_state)
+    _fold(head[0], scaler)
+    return head.eval(), {"best_epoch": best_epoch, "epochs_run": epoch, "val_loss": best}
+
+
+def fit_baseline(train: _Rows, val: _Rows, n_classes: int, config: HeadConfig) -> tuple[nn.Sequential, dict[str, Any]]:
+    """Logistic regression on standardised features, C chosen by validation log-loss, as a Linear on raw features."""
+    scaler = StandardScaler().fit(train.x)
+    x_train, x_val = scaler.transform(train.x), scaler.transform(val.x)
+    scores = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # the small Cs converge; a large one may stop early
+        fitted = {c: LogisticRegression(C=c, max_iter=2000).fit(x_train, train.y) for c in config.baseline_c}
+    for c, model in fitted.items():
+        scores[c] = log_loss(val.y, model.predict_proba(x_val), labels=list(range(n_classes)))
+    chosen = min(scores, key=scores.get)
+    model = fitted[chosen]
+    coef, intercept = model.coef_, model.intercept_
+    if n_classes == 2:  # scikit-learn keeps one logit for two classes: softmax([0, z]) = sigmoid(z)
+        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]
+    head = dense_head(train.x.shape[1], n_classes, [])
+    with torch.no_grad():
+        head[0].weight.copy_(torch.as_tensor(coef))
+        head[0].bias.copy_(torch.as_tensor(intercept))
+    _fold(head[0], scaler)
+    return head.eval(), {"C": chosen, "val_log_loss_by_C": {str(c): s for c, s in scores.items()}}
+
+
+@torch.no_grad()
+def head_probabilities(head: nn.Module, x: np.ndarray) -> np.ndarray:
+    """Softmax probabilities (N x C) of a head on raw feature vectors."""
+    return torch.softmax(head.eval()(torch.from_numpy(x)), dim=1).numpy()
+
+
+def _measure(head: nn.Module, rows: _Rows, classes: list[str], threshold: float | None, config: HeadConfig) -> dict:
+    metrics, matrix, per_class = metrics_with_ci(
+        head_probabilities(head, rows.x), rows.y, rows.patients, threshold, n_resamples=config.n_resamples,
+        seed=config.seed,
+    )
+    counts = rows.frame["label"].value_counts()
+    report = {"n_images": len(rows.y), "n_patients": len(set(rows.patients)),
+              "class_counts": {c: int(counts.get(c, 0)) for c in classes}, "threshold": threshold,
+              "metrics": metrics, "confusion_matrix": matrix.tolist()}
+    if per_class is not None:
+        report["per_class"] = dict(zip(classes, per_class))
+    return report
+
+
+def _check_vectors(model: TwoStage, classifier: Classifier, rows: _Rows) -> None:
+    """Recompute a few rows' vectors from their images: the features file must be this backbone's, at this layer."""
+    images, stored = [], []
+    for path, vector in zip(rows.frame["path"], rows.x):
+        try:
+            images.append(classifier.transform(read_image(path).pixels))
+        except ImageReadError:
+            continue  # moved or changed since the extraction: other rows decide
+        stored.append(vector)
+        if len(images) == _CHECKED_ROWS:
+            break
+    if not images:
+        return
+    with torch.no_grad():
+        computed = model.eval().backbone(torch.stack(images)).numpy()
+    expected = np.stack(stored)
+    if not np.allclose(computed, expected, rtol=1e-3, atol=1e-3 * (np.abs(expected).max() + 1e-6)):
+        raise ConfigError("the features do not match the backbone run's model at their layer (max difference "
+                          f"{np.abs(computed - expected).max():.3g}): re-extract them with `lungscope features`")
+
+
+def _checkpoint(model: TwoStage, config: dict[str, Any], classes: list[str], image_size: int,
+                extra: dict[str, Any]) -> dict[str, Any]:
+    return {"model": model.state_dict(), "config": config, "classes": classes, "image_size": image_size, **extra}
+
+
+def train_head(config: HeadConfig, *, progress: bool | None = None) -> dict[str, Any]:
+    """Fit both heads, build their two-stage models and write the run folder; returns ``summary.json``'s content."""
+    started = time.perf_counter()
+    if not config.out:
+        raise ConfigError("an output folder (--out RUN_DIR) is required")
+    out = Path(config.out)
+    if (out / "best.pt").exists():
+        raise ConfigError(f"{out} already holds a run; choose another --out")
+    frame, meta = read_features(config.features)
+    scheme = config.labels or meta["labels"]
+    if scheme != meta["labels"]:
+        raise ConfigError(f"the features carry {meta['labels']} labels, not {scheme}: extract them with "
+                          f"`lungscope features RUN DATA --labels {scheme}`")
+    classes = list(classes_for(scheme))
+    errors = frame["error"].notna()
+    unlabelled = ~errors & ~frame["label"].isin(classes)  # a file whose name and folder name no class
+    usable = frame[~errors & ~unlabelled].reset_index(drop=True)
+    split, split_source = _assign_split(usable, config, meta["run"])
+    train, val, test = (_rows(split, classes, name) for name in SPLITS)
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+    save_manifest(split, out / "split.csv")
+    dense, dense_fit = fit_dense_head(train, val, len(classes), config, out / "metrics.csv", progress)
+    plot_curves(out / "metrics.csv", out / "curves.png")
+    baseline, baseline_fit = fit_baseline(train, val, len(classes), config)
+
+    backbone = Classifier.load(meta["run"])
+    layer = _layer_option(meta["layer"], meta["model"], meta["model_options"])
+    run_config = {
+        "model": "two-stage", "labels": scheme, "features": os.path.abspath(config.features),
+        "backbone_run": meta["run"], "resize": backbone.config.get("resize", "squash"),
+        "clahe": backbone.config.get("clahe", False), "image_size": backbone.image_size,
+    }
+    summary: dict[str, Any] = {
+        "model": "two-stage", "backbone": meta["model"], "backbone_run": meta["run"], "layer": meta["layer"],
+        "feature_dim": int(train.x.shape[1]), "labels": scheme, "classes": classes, "split": split_source,
+        "n_rows": len(frame), "n_error_rows": int(errors.sum()), "n_unlabelled_rows": int(unlabelled.sum()),
+        "n_outside_split": len(usable) - len(split),
+    }
+    for name, head, fit, hidden, dropout in (
+        ("dense", dense, dense_fit, config.hidden, config.dropout), ("baseline", baseline, baseline_fit, [], 0.0)
+    ):
+        options = {"backbone": meta["model"], "backbone_options": meta["model_options"], "layer": layer,
+                   "hidden": list(hidden), "dropout": dropout}
+        model = create_model("two-stage", num_classes=len(classes), **options)
+        model.load_backbone(backbone.model.state_dict(), source=meta["run"])
+        model.head.load_state_dict(head.state_dict())
+        if name == "dense":
+            _check_vectors(model, backbone, train)
+        val_probabilities = head_probabilities(head, val.x)
+        point = operating_point(val_probabilities, val.y)
+        threshold = point["threshold"]
+        state = _checkpoint(model, {**run_config, "model_options": options}, classes, backbone.image_size,
+                            {"fit": fit, "head": name})
+        if name == "dense":
+            save_checkpoint(state, out / "best.pt")
+            store_operating_point(out, point)
+        else:
+            keys = ("calibration", "temperature", "bias", "threshold", "threshold_calibrated", "rule")
+            save_checkpoint({**state, "operating_point": {k: point[k] for k in keys}}, out / "baseline.pt")
+        summary[name] = {
+            "checkpoint": "best.pt" if name == "dense" else "baseline.pt", "hidden": list(hidden), "dropout": dropout,
+            **fit, "val": _measure(head, val, classes, threshold, config),
+            "test": _measure(head, test, classes, threshold, config),
+        }
+    summary["wall_time_seconds"] = round(time.perf_counter() - started, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
