@@ -34,6 +34,12 @@ def printed_warnings(verb: str) -> Iterator[None]:
         yield
 
 
+def report_skipped(verb: str, failures: list[dict[str, str]]) -> None:
+    """One ``lungscope VERB: skipped PATH: REASON`` line on stderr per file that could not be used."""
+    for failure in failures:
+        print(f"lungscope {verb}: skipped {failure['path']}: {failure['error']}", file=sys.stderr)
+
+
 def add_roi_option(parser: argparse.ArgumentParser) -> None:
     """``--roi``: the region of interest a trained model's inputs are cropped to, overriding its own."""
     parser.add_argument("--roi", choices=["none", "lungs"], help="crop inputs to the lungs, or not (default: as the "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from lungscope.cli.common import (
@@ -12,6 +11,7 @@ from lungscope.cli.common import (
     EXPLAIN_METHODS,
     add_roi_option,
     printed_warnings,
+    report_skipped,
 )
 
 
@@ -22,13 +22,10 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         result = explain_files(args.run, args.paths, args.out, args.method or ["gradcam"], sign=args.sign,
                                layer=args.layer, batch_size=args.batch_size, device=args.device, cmap=args.cmap,
                                alpha=args.alpha, threshold=args.threshold, roi=args.roi)
-    for failure in result["failed"]:
-        print(f"lungscope explain: skipped {failure['path']}: {failure['error']}", file=sys.stderr)
+    report_skipped("explain", result["failed"])
     print(f"explained {result['images']} image(s): {len(result['written'])} figures in {args.out}, maps in "
           f"{result['maps']}")
     return EXIT_PARTIAL if result["failed"] else EXIT_OK
-
-
 
 
 def _add_explain(sub: argparse._SubParsersAction) -> None:
@@ -113,8 +110,7 @@ def _cmd_explain_check(args: argparse.Namespace) -> int:
                          methods=args.method, layer=args.layer, seed=args.seed, batch_size=args.batch_size,
                          device=args.device)
     print(format_check(report))
-    for failure in report["failed"]:
-        print(f"lungscope explain-check: skipped {failure['path']}: {failure['error']}", file=sys.stderr)
+    report_skipped("explain-check", report["failed"])
     print(f"\nwrote {args.json} and {args.json.with_suffix('.png')}")
     return EXIT_OK
 
@@ -141,7 +137,6 @@ def _add_explain_check(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=_cmd_explain_check)
-
 
 
 VERBS = [_add_explain, _add_activations, _add_filters, _add_explain_check]

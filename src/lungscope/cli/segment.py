@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from lungscope.cli.common import EXIT_OK, EXIT_PARTIAL
+from lungscope.cli.common import EXIT_OK, EXIT_PARTIAL, report_skipped
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     from lungscope.segmentation.files import segment_files
 
     result = segment_files(args.paths, args.out, segmenter=args.model)
-    for failure in result["failed"]:
-        print(f"lungscope segment: skipped {failure['path']}: {failure['error']}", file=sys.stderr)
+    report_skipped("segment", result["failed"])
     print(f"segmented {len(result['written'])} image(s): masks in {args.out / 'masks'}, overlays in "
           f"{args.out / 'overlays'}")
     return EXIT_PARTIAL if result["failed"] else EXIT_OK
