@@ -209,6 +209,26 @@ def test_alexnet_lrn_cnn_layout_and_initialisation(alexnet_lrn: nn.Module) -> No
     assert [layer.bias.detach().unique().tolist() for layer in convs + fcs] == [[0], [1], [0], [1], [1], [1], [1], [0]]
 
 
+def test_alexnet_lrn_cnn_he_init_keeps_the_input(alexnet_lrn: nn.Module, chest_xray: Path) -> None:
+    images = (_xrays(chest_xray / "train" / "NORMAL", 4, 227) - 0.5) / 0.25
+    torch.manual_seed(0)
+    he = create_model("alexnet-lrn-cnn", init="he").eval()
+    alexnet_lrn.eval()
+    try:
+        with torch.no_grad():
+            paper_logits, he_logits = alexnet_lrn(images), he(images)
+    finally:
+        alexnet_lrn.train()
+    assert paper_logits.std(dim=0).max() < 1e-2  # the paper's init: every X-ray gets the same logits
+    assert he_logits.std(dim=0).max() > 0.05  # He's: they depend on the image
+    for layer in [m for m in he.modules() if isinstance(m, nn.Conv2d | nn.Linear)]:
+        expected = (2 / layer.weight[0].numel()) ** 0.5
+        assert abs(layer.weight.detach().std().item() - expected) < 0.1 * expected
+        assert layer.bias.detach().abs().max() == 0
+    with pytest.raises(ConfigError, match="choose alexnet or he"):
+        create_model("alexnet-lrn-cnn", init="xavier")
+
+
 def test_pretrained_path_with_imagenet_style_state_dict(tmp_path: Path, chest_xray: Path) -> None:
     source = _imagenet_style_resnet18(seed=1)
     path = tmp_path / "resnet18.pth"

@@ -147,14 +147,19 @@ def three_block_cnn(num_classes: int, in_channels: int, input_size: int) -> nn.M
     description="AlexNet-style: five convs (96 7x7/2, 128, 256, 256, 256), LRN, 3x3/2 max-pool, FC 4096-4096",
     family="paper",
 )
-def alexnet_lrn_cnn(num_classes: int, in_channels: int, input_size: int) -> nn.Module:
+def alexnet_lrn_cnn(num_classes: int, in_channels: int, input_size: int, init: str = "alexnet") -> nn.Module:
     """Laid out as AlexNet (Krizhevsky et al. 2012): LRN (n=5, alpha=1e-4, beta=0.75, k=2) after the ReLUs of conv1
     and conv2, overlapping 3x3 stride-2 max-pooling after conv1, conv2 and conv5; the 3x3 convs keep their size
     (padding 1). At 227 the grid is 13x13, so fc1 alone has 177 M weights.
 
-    Initialisation as AlexNet: every weight from N(0, 0.01^2); biases 1 in conv2, conv4, conv5 and the two hidden
-    fully connected layers (to start their ReLUs with positive inputs), 0 elsewhere.
+    ``init="alexnet"`` initialises as AlexNet: every weight from N(0, 0.01^2); biases 1 in conv2, conv4, conv5 and the
+    two hidden fully connected layers (to start their ReLUs with positive inputs), 0 elsewhere. On single-channel
+    X-rays this shrinks the activations' spread ~100-fold by conv3, so the untrained net gives every image the same
+    logits and SGD does not get it off chance in a CPU budget. ``init="he"``: He et al. (2015) normal initialisation
+    for ReLU nets (fan-in), zero biases, which keeps the spread and the dependence on the input.
     """
+    if init not in ("alexnet", "he"):
+        raise ConfigError(f"unknown init {init!r} for alexnet-lrn-cnn; choose alexnet or he")
     def lrn() -> nn.LocalResponseNorm:
         return nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
 
@@ -180,6 +185,10 @@ def alexnet_lrn_cnn(num_classes: int, in_channels: int, input_size: int) -> nn.M
     )
     layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]  # conv1-5, fc1-3
     for layer, bias in zip(layers, (0, 1, 0, 1, 1, 1, 1, 0), strict=True):
-        nn.init.normal_(layer.weight, std=0.01)
-        nn.init.constant_(layer.bias, bias)
+        if init == "he":
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+        else:
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.constant_(layer.bias, bias)
     return model
