@@ -25,24 +25,16 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import torch
 
 from lungscope.checkpoint import load_checkpoint
 from lungscope.data.io import read_image
-from lungscope.segmentation import DEFAULT_SEGMENTER, LungSegmenter, dice, iou
+from lungscope.segmentation import DEFAULT_SEGMENTER, LungSegmenter
+from lungscope.segmentation.train import mask_scores
 
 RESULTS = Path(__file__).parent / "results" / "segmentation.md"
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lung_masks"
-
-
-def scores(segmenter: LungSegmenter, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Dice and IoU per held-out image."""
-    rows = []
-    for name in names:
-        truth = read_image(DATA / "masks" / name).pixels >= 0.5
-        predicted = segmenter.mask(read_image(DATA / "images" / name).pixels)
-        rows.append((dice(predicted, truth), iou(predicted, truth)))
-    return np.array(rows).T
 
 
 def milliseconds(segmenter: LungSegmenter, pixels: np.ndarray, repeats: int) -> float:
@@ -69,7 +61,10 @@ def main() -> None:
     names = load_checkpoint(args.model)["split"]["test"]
     if args.quick:
         names, args.repeats = names[:10], 5
-    dices, ious = scores(segmenter, names)
+    pairs = pd.DataFrame({"image": [str(DATA / "images" / n) for n in names],
+                          "mask": [str(DATA / "masks" / n) for n in names]})
+    measured = mask_scores(segmenter, pairs)
+    dices, ious = measured["dice"].to_numpy(), measured["iou"].to_numpy()
     image = read_image(DATA / "images" / names[0]).pixels
     timing = {side: milliseconds(segmenter, cv2.resize(image, (side, side)), args.repeats) for side in (256, 2048)}
     load = os.getloadavg()[0]

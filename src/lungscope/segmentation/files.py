@@ -39,7 +39,9 @@ def segment_files(
     """Segment files, folders and globs: ``OUT/masks/<stem>.png`` (255 lung, 0 not, the input's size) and
     ``OUT/overlays/<stem>.png``. Returns ``written`` (mask paths), ``lung_fraction`` per mask and ``failed``
     (``{"path", "error"}`` for what could not be read: the others are still written)."""
-    from lungscope.explain.files import unique_stems  # the names explain and predict give their figures
+    from lungscope.explain.files import (
+        unique_stems,  # the names explain and predict give their figures
+    )
 
     model = LungSegmenter.load(segmenter)
     files, failed = collect_inputs(paths)

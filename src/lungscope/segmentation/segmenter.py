@@ -21,16 +21,15 @@ DEFAULT_SEGMENTER = Path(__file__).resolve().parent.parent / "bundled" / "lung-u
 MEAN, STD = 0.5, 0.25  # the classifiers' normalisation: [0, 1] -> about [-2, 2]
 
 
-def to_input(images: Sequence[np.ndarray] | torch.Tensor, size: int) -> torch.Tensor:
-    """2-D float [0, 1] images (or a ``(N, 1, H, W)`` tensor) as the normalised ``(N, 1, size, size)`` network input."""
-    if isinstance(images, torch.Tensor):
-        batch = images.float()
-    else:
-        batch = torch.cat([F.interpolate(torch.as_tensor(np.asarray(image), dtype=torch.float32)[None, None],
-                                         size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-                           for image in images])
-    if batch.shape[-2:] != (size, size):
-        batch = F.interpolate(batch, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+def resized(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
+    """2-D images as one float ``(N, 1, size, size)`` batch, squashed with antialiased bilinear resizing."""
+    return torch.cat([F.interpolate(torch.as_tensor(np.asarray(image), dtype=torch.float32)[None, None],
+                                    size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+                      for image in images])
+
+
+def normalise(batch: torch.Tensor) -> torch.Tensor:
+    """A [0, 1] batch as the network's input."""
     return (batch - MEAN) / STD
 
 
@@ -59,7 +58,7 @@ class LungSegmenter:
         """Per-pixel lung probability of each 2-D float [0, 1] image, at that image's resolution."""
         if not images:
             return []
-        logits = self.model(to_input(images, self.input_size))
+        logits = self.model(normalise(resized(images, self.input_size)))
         return [F.interpolate(logit[None], size=np.shape(image), mode="bilinear", align_corners=False)[0, 0]
                 .sigmoid().numpy() for logit, image in zip(logits, images)]
 

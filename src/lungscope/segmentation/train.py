@@ -25,7 +25,7 @@ from lungscope.errors import ConfigError, DatasetError
 from lungscope.models import create_model, get_spec
 from lungscope.progress import progress_bar
 from lungscope.segmentation.masks import dice, iou
-from lungscope.segmentation.segmenter import LungSegmenter, to_input
+from lungscope.segmentation.segmenter import LungSegmenter, normalise, resized
 
 
 @dataclass
@@ -66,8 +66,8 @@ def pair_files(images: str | os.PathLike[str], masks: str | os.PathLike[str]) ->
 
 def _load(frame: pd.DataFrame, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Images ``(N, 1, size, size)`` in [0, 1] and masks ``(N, 1, size, size)`` in {0, 1}, resized."""
-    images = to_input([read_image(p).pixels for p in frame["image"]], size) * 0.25 + 0.5  # undo the normalisation
-    masks = to_input([read_image(p).pixels >= 0.5 for p in frame["mask"]], size) * 0.25 + 0.5
+    images = resized([read_image(p).pixels for p in frame["image"]], size)
+    masks = resized([read_image(p).pixels >= 0.5 for p in frame["mask"]], size)
     return images.clamp(0, 1), (masks >= 0.5).float()
 
 
@@ -129,7 +129,7 @@ def train_segmenter(
             pairs_ = [augment(tv_tensors.Image(train_x[i]), tv_tensors.Mask(train_y[i])) for i in batch]
             x = torch.stack([image for image, _ in pairs_])
             y = torch.stack([mask for _, mask in pairs_])
-            loss = _loss(model((x - 0.5) / 0.25), y)
+            loss = _loss(model(normalise(x)), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -137,7 +137,7 @@ def train_segmenter(
             total += loss.item() * len(batch)
         model.eval()
         with torch.inference_mode():
-            predicted = model((val_x - 0.5) / 0.25) >= 0
+            predicted = model(normalise(val_x)) >= 0
         val_dice = float(np.mean([dice(p.numpy(), t.numpy()) for p, t in zip(predicted, val_y >= 0.5)]))
         history.append({"epoch": epoch, "train_loss": total / len(train_x), "val_dice": val_dice})
         if val_dice > best:
