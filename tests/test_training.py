@@ -35,7 +35,8 @@ def test_run_folder(chest_xray: Path, tmp_path: Path) -> None:
         "config.yaml", "split.csv", "metrics.csv", "curves.png", "best.pt", "last.pt", "summary.json"
     }
     metrics = pd.read_csv(run / "metrics.csv")
-    assert list(metrics.columns) == ["epoch", "train_loss", "val_loss", "val_accuracy", "val_auc", "lr", "seconds"]
+    assert list(metrics.columns) == ["epoch", "train_loss", "train_accuracy", "train_auc", "val_loss", "val_accuracy",
+                                     "val_auc", "lr", "seconds"]
     assert metrics["epoch"].tolist() == [1, 2]
     assert metrics["val_auc"].between(0, 1).all()
     split = pd.read_csv(run / "split.csv")

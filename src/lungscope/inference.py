@@ -55,17 +55,21 @@ class Classifier:
         self.classes = list(classes)
         self.config = config
         self.image_size = image_size
-        point = operating_point or {}
-        self.temperature = float(point.get("temperature") or 1.0)
-        self.bias: list[float] | None = point.get("bias")
-        self.threshold: float | None = point.get("threshold_calibrated")
-        self.raw_threshold: float | None = point.get("threshold")
+        self.set_operating_point(operating_point or {})
         self.resize: str = config.get("resize", "squash")
         self.roi = LungCrop(config.get("roi_margin", 0.05)) if config.get("roi", "none") == "lungs" else None
         preprocess = build_preprocess(image_size, resize=self.resize, clahe=config.get("clahe", False),
                                       roi=config.get("roi", "none"), roi_margin=config.get("roi_margin", 0.05))
-        normalise = build_augment_normalise(train=False)
+        normalise = build_augment_normalise(train=False, normalise=config.get("normalise", "fixed"))
         self.transform = lambda pixels: normalise(preprocess(pixels))  # 2-D [0, 1] array -> model input (1, S, S)
+
+    def set_operating_point(self, point: dict[str, Any]) -> None:
+        """Use this calibration and threshold (a run's stored ones, or a site's: :mod:`lungscope.sites`)."""
+        self.operating_point = dict(point)
+        self.temperature = float(point.get("temperature") or 1.0)
+        self.bias: list[float] | None = point.get("bias")
+        self.threshold: float | None = point.get("threshold_calibrated")
+        self.raw_threshold: float | None = point.get("threshold")
 
     @classmethod
     def load(cls, source: str | os.PathLike[str], *, roi: str | None = None) -> Classifier:

@@ -8,7 +8,8 @@ Random steps use torchvision.transforms.v2, hence torch's RNG: ``torch.manual_se
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 from functools import partial
 from typing import TypeVar
 
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import WeightedRandomSampler
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
@@ -85,22 +87,83 @@ class ResizeImage:
         return f"{type(self).__name__}(size={self.size}, mode={self.mode!r})"
 
 
+NORMALISATIONS = ("fixed", "per-image")
+
+
+class RandomGamma(v2.Transform):
+    """``x ** g`` with ``log g`` uniform in ``[-strength, strength]``, on images only (masks pass through): the
+    non-linear contrast change between detectors and look-up tables. Written here because torchvision has
+    ``adjust_gamma`` but no random gamma transform."""
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def __init__(self, strength: float) -> None:
+        super().__init__()
+        self.strength = float(strength)
+
+    def make_params(self, flat_inputs: list[object]) -> dict[str, float]:
+        return {"gamma": math.exp(float(torch.empty(1).uniform_(-self.strength, self.strength)))}
+
+    def transform(self, inpt: torch.Tensor, params: dict[str, float]) -> torch.Tensor:
+        return F.adjust_gamma(inpt.clamp(0, 1), params["gamma"])
+
+
+class JpegRecompression(v2.Transform):
+    """JPEG re-compression at a random quality in ``[quality, 95]``, on float [0, 1] images (torchvision's ``JPEG``
+    takes 8-bit images only: this wraps it with the conversion there and back); masks pass through."""
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def __init__(self, quality: int) -> None:
+        super().__init__()
+        self.jpeg = v2.JPEG((int(quality), 95))
+
+    def transform(self, inpt: torch.Tensor, params: dict[str, object]) -> torch.Tensor:
+        as_bytes = (inpt.clamp(0, 1) * 255).round().to(torch.uint8)
+        return tv_tensors.wrap(self.jpeg(as_bytes.as_subclass(torch.Tensor)).float() / 255, like=inpt)
+
+
+class PerImageStandardize(v2.Transform):
+    """``(x - mean(x)) / std(x)`` per image: the input no longer depends on a device's overall brightness and
+    contrast (a linear change of the grey levels leaves it unchanged)."""
+
+    _transformed_types = (tv_tensors.Image, torch.Tensor)
+
+    def transform(self, inpt: torch.Tensor, params: dict[str, object]) -> torch.Tensor:
+        if isinstance(inpt, tv_tensors.Mask):
+            return inpt
+        mean = inpt.mean(dim=(-2, -1), keepdim=True)
+        std = inpt.std(dim=(-2, -1), keepdim=True)
+        return (inpt - mean) / std.clamp_min(1e-3)
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Random augmentation for training, applied after resizing and before normalisation.
+    """Random augmentation for training, applied after resizing and before normalisation; each strength 0 is off.
 
-    rotation: maximum rotation in degrees, either way. scale: zoom range (low, high). shift: maximum translation as a
-    fraction of width/height. brightness, contrast: jitter strength, the factor drawn from [1 - x, 1 + x].
-    hflip is off by default: a horizontally flipped chest X-ray puts the heart on the wrong side (dextrocardia),
-    an anatomy the model should not learn as normal; turn it on only if you know why.
+    Geometry (applied alike to the image and its lung mask): rotation, maximum degrees either way; scale, zoom range
+    (low, high); shift, maximum translation as a fraction of width/height; crop, the smallest area fraction of a random
+    resized crop (1 = off); hflip is off by default: a horizontally flipped chest X-ray puts the heart on the wrong
+    side (dextrocardia), an anatomy the model should not learn as normal; turn it on only if you know why.
+    Grey levels (images only; each but brightness/contrast applied with probability ``p``): brightness, contrast,
+    jitter strength, the factor drawn from [1 - x, 1 + x]; gamma, log-gamma range; blur, the largest Gaussian sigma
+    in pixels; sharpen, the sharpness factor (2 doubles the detail); noise, Gaussian noise sigma; jpeg, the lowest
+    JPEG quality of a re-compression (0 = off).
     """
 
     rotation: float = 10.0
     scale: tuple[float, float] = (0.9, 1.1)
     shift: float = 0.1
+    crop: float = 1.0
     hflip: bool = False
     brightness: float = 0.1
     contrast: float = 0.1
+    gamma: float = 0.0
+    blur: float = 0.0
+    sharpen: float = 0.0
+    noise: float = 0.0
+    jpeg: int = 0
+    p: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0 <= self.rotation <= 180:
@@ -109,15 +172,26 @@ class AugmentConfig:
         if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
             raise ConfigError(f"augment scale must be (low, high) with 0 < low <= high, got {self.scale}")
         object.__setattr__(self, "scale", (float(scale[0]), float(scale[1])))  # a YAML list becomes a tuple
-        if not 0 <= self.shift <= 1:
-            raise ConfigError(f"augment shift must be a fraction within [0, 1], got {self.shift}")
-        for name in ("brightness", "contrast"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"augment {name} must be within [0, 1], got {getattr(self, name)}")
+        bounds = {"shift": (0, 1), "brightness": (0, 1), "contrast": (0, 1), "gamma": (0, 1), "p": (0, 1),
+                  "blur": (0, 10), "sharpen": (0, 10), "noise": (0, 0.5), "jpeg": (0, 95)}
+        for name, (low, high) in bounds.items():
+            if not low <= getattr(self, name) <= high:
+                raise ConfigError(f"augment {name} must be within [{low}, {high}], got {getattr(self, name)}")
+        if not 0 < self.crop <= 1:
+            raise ConfigError(f"augment crop must be an area fraction in (0, 1], got {self.crop}")
 
-    def transforms(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
-        """The torchvision v2 steps this configuration describes."""
-        steps: list[Callable[[torch.Tensor], torch.Tensor]] = [
+    @classmethod
+    def from_dict(cls, values: dict[str, object] | None) -> AugmentConfig:
+        """From a config's ``augmentation`` mapping, naming an unknown key."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values or {}) - known)
+        if unknown:
+            raise ConfigError(f"unknown augmentation key(s): {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        return cls(**(values or {}))
+
+    def transforms(self, size: int) -> list[Callable[..., object]]:
+        """The torchvision v2 steps this configuration describes, for ``size`` x ``size`` images."""
+        steps: list[Callable[..., object]] = [
             v2.RandomAffine(
                 degrees=self.rotation,
                 translate=(self.shift, self.shift),
@@ -126,9 +200,23 @@ class AugmentConfig:
                 fill=0.0,
             )
         ]
+        if self.crop < 1:
+            steps.append(v2.RandomResizedCrop(size, scale=(self.crop, 1.0), ratio=(0.8, 1.25), antialias=True))
         if self.hflip:
             steps.append(v2.RandomHorizontalFlip(p=0.5))
         steps.append(v2.ColorJitter(brightness=self.brightness, contrast=self.contrast))
+        optional: list[Callable[..., object]] = []
+        if self.gamma:
+            optional.append(RandomGamma(self.gamma))
+        if self.blur:
+            optional.append(v2.GaussianBlur(5, sigma=(0.1, self.blur)))
+        if self.sharpen:
+            optional.append(v2.RandomAdjustSharpness(self.sharpen, p=1.0))
+        if self.noise:
+            optional.append(v2.GaussianNoise(sigma=self.noise, clip=False))
+        if self.jpeg:
+            optional.append(JpegRecompression(self.jpeg))
+        steps.extend(v2.RandomApply([step], p=self.p) for step in optional)
         return steps
 
 
@@ -171,16 +259,28 @@ def build_augment_normalise(
     mean: float = 0.5,
     std: float = 0.25,
     channels: int = 1,
+    normalise: str = "fixed",
+    size: int | None = None,
 ) -> v2.Compose:
-    """The per-epoch part: (training only) augmentation, then ``(x - mean) / std``, then ``channels`` copies."""
+    """The per-epoch part: (training only) augmentation, then normalisation, then ``channels`` copies.
+
+    ``normalise="fixed"`` is ``(x - mean) / std``; ``"per-image"`` standardises each image by its own mean and
+    standard deviation. Called with ``(image, mask)`` (``tv_tensors.Image``, ``tv_tensors.Mask``), the geometric
+    steps move the mask with the image. ``size`` (the images' side) is needed only by a random resized crop.
+    """
     if not std > 0:
         raise ConfigError(f"normalisation std must be > 0, got {std}")
     if channels < 1:
         raise ConfigError(f"channels must be >= 1, got {channels}")
-    steps: list[Callable[[torch.Tensor], torch.Tensor]] = []
+    if normalise not in NORMALISATIONS:
+        raise ConfigError(f"unknown normalise {normalise!r}; expected one of {', '.join(NORMALISATIONS)}")
+    steps: list[Callable[..., object]] = []
     if train:
-        steps.extend((augment or AugmentConfig()).transforms())
-    steps.append(v2.Normalize(mean=[float(mean)], std=[float(std)]))
+        augment = augment or AugmentConfig()
+        if augment.crop < 1 and size is None:
+            raise ConfigError("a random resized crop needs the image size")
+        steps.extend(augment.transforms(size or 0))
+    steps.append(v2.Normalize(mean=[float(mean)], std=[float(std)]) if normalise == "fixed" else PerImageStandardize())
     if channels > 1:
         steps.append(partial(_repeat_channels, channels=channels))  # a closure would not pickle for workers
     return v2.Compose(steps)

@@ -4,7 +4,7 @@
 >>> model = create_model("resnet18", num_classes=2, in_channels=1, pretrained="imagenet")
 """
 
-from lungscope.models import backbones, papers, two_stage, unet  # noqa: F401  (importing them registers their networks)
+from lungscope.models import backbones, cxr, papers, two_stage, unet  # noqa: F401  (importing them registers their networks)
 from lungscope.models.layers import classifier_head, count_parameters, last_conv_layer
 from lungscope.models.registry import (
     ModelSpec,

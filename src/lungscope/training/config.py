@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from lungscope.errors import ConfigError
+from lungscope.data.transforms import NORMALISATIONS, AugmentConfig
 from lungscope.segmentation.roi import ROI_CHOICES
 
 _CHOICES = {
@@ -21,6 +22,7 @@ _CHOICES = {
     "labels": ("binary", "three-class", "tb"),
     "calibration": ("temperature", "temperature+bias"),
     "roi": ROI_CHOICES,
+    "normalise": NORMALISATIONS,
 }
 
 
@@ -40,7 +42,9 @@ class TrainConfig:
     clahe: bool = False
     roi: str = "none"  # "lungs": crop each image to its lung fields (the bundled lung U-Net) before resizing
     roi_margin: float = 0.05  # of the image's height and width, added around the lungs' box on every side
+    normalise: str = "fixed"  # "fixed": (x - 0.5) / 0.25; "per-image": each image by its own mean and std
     augment: bool = True
+    augmentation: dict[str, Any] = field(default_factory=dict)  # AugmentConfig's strengths; unset keys keep defaults
     epochs: int = 10
     batch_size: int = 32
     optimizer: str = "adam"
@@ -53,6 +57,10 @@ class TrainConfig:
     early_stopping: int = 0  # epochs without improvement before stopping; 0 = off
     monitor: str = "val_auc"
     class_weights: bool = False
+    label_smoothing: float = 0.0
+    ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999), validated and kept; 0 = off
+    lung_focus: float = 0.0  # weight of the Grad-CAM-outside-the-lungs penalty (lungscope.training.lung_focus); 0 = off
+    channels_last: bool = False  # channels-last memory format (faster convolutions on CPUs with oneDNN)
     sampler: str = "none"
     calibration: str = "temperature+bias"  # fitted on validation when training ends: or "temperature" alone
     target_sensitivity: float | None = None  # operating threshold: this sensitivity on validation (default: Youden's J)
@@ -63,6 +71,7 @@ class TrainConfig:
     limit: int | None = None  # use at most this many images (a stratified, patient-grouped subset): quick runs
     seed: int = 0
     workers: int = 0
+    threads: int | None = None  # torch's intra-op threads for this run (None: torch's default, one per core)
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -73,13 +82,26 @@ class TrainConfig:
         for key, value in positive.items():
             if not value > 0:
                 raise ConfigError(f"{key} must be positive, not {value}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be at least 1, not {self.threads}")
         if self.image_size is not None and self.image_size < 8:
             raise ConfigError(f"image_size must be at least 8, not {self.image_size}")
+        self.augment_config()  # validates the augmentation mapping
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), not {self.label_smoothing}")
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"ema must be a decay in [0, 1) (0 = off), not {self.ema}")
+        if self.lung_focus < 0:
+            raise ConfigError(f"lung_focus must be >= 0 (0 = off), not {self.lung_focus}")
         for key in ("val_fraction", "test_fraction", "roi_margin"):
             if not 0 <= getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be in [0, 1), not {getattr(self, key)}")
         if self.val_fraction == 0 and self.manifest is None:
             raise ConfigError("val_fraction must be above 0: early stopping, the best checkpoint and the threshold need it")
+
+    def augment_config(self) -> AugmentConfig:
+        """The typed augmentation this run trains with."""
+        return AugmentConfig.from_dict(self.augmentation)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from torchvision import tv_tensors
 
 from lungscope.data.io import read_image
 from lungscope.errors import ImageReadError
@@ -50,20 +51,34 @@ def preload(
     return stacked, kept, errors
 
 
-class AugmentedImages(Dataset[tuple[torch.Tensor, int]]):
-    """Preloaded images with their class indices; ``transform`` (augmentation, normalisation) runs per access."""
+class AugmentedImages(Dataset[tuple[torch.Tensor, ...]]):
+    """Preloaded images with their class indices; ``transform`` (augmentation, normalisation) runs per access.
+
+    With ``masks`` (lung masks aligned with the images, values in [0, 1]) an item is ``(image, target, mask)``, the
+    mask moved by the same geometric augmentation as its image (torchvision's ``tv_tensors``); else ``(image, target)``.
+    """
 
     def __init__(
-        self, images: torch.Tensor, targets: Sequence[int], transform: Callable[[torch.Tensor], torch.Tensor]
+        self,
+        images: torch.Tensor,
+        targets: Sequence[int],
+        transform: Callable[..., object],
+        masks: torch.Tensor | None = None,
     ) -> None:
-        if len(images) != len(targets):
-            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        if len(images) != len(targets) or (masks is not None and len(masks) != len(images)):
+            raise ValueError(f"{len(images)} images but {len(targets)} targets"
+                             + ("" if masks is None else f" and {len(masks)} masks"))
         self.images = images
         self.targets = torch.as_tensor(list(targets), dtype=torch.long)
         self.transform = transform
+        self.masks = masks
 
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(self.images[index].float()), self.targets[index]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        image = tv_tensors.Image(self.images[index].float())
+        if self.masks is None:
+            return self.transform(image).as_subclass(torch.Tensor), self.targets[index]
+        image, mask = self.transform(image, tv_tensors.Mask(self.masks[index].float()))
+        return image.as_subclass(torch.Tensor), self.targets[index], mask.as_subclass(torch.Tensor)

@@ -97,6 +97,15 @@ def sum_over_ranks(values: Sequence[float], device: torch.device) -> list[float]
     return totals.tolist()
 
 
+def gather_rows(rows: np.ndarray) -> np.ndarray:
+    """Every rank's ``rows`` concatenated in rank order (pickled: for per-image scores); ``rows`` in one process."""
+    if not dist.is_initialized():
+        return rows
+    parts: list[np.ndarray | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, rows)
+    return np.concatenate(parts)
+
+
 def rank_seed(seed: int, rank: Rank) -> int:
     """The seed of this rank's own random stream (augmentation, dropout): ``seed`` itself on rank 0, as in a single
     process, and an independent one on every other rank, so no two ranks draw the same augmentation."""
@@ -135,14 +144,15 @@ class GlobalBatchCrossEntropy(nn.Module):
     gradient, which DistributedDataParallel's averaging over the ranks turns into the global batch's gradient.
     """
 
-    def __init__(self, world_size: int, weight: torch.Tensor | None = None) -> None:
+    def __init__(self, world_size: int, weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> None:
         super().__init__()
-        self.world_size = world_size
+        self.world_size, self.label_smoothing = world_size, label_smoothing
         self.weight: torch.Tensor | None
         self.register_buffer("weight", weight)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        local = nn.functional.cross_entropy(logits, targets, weight=self.weight, reduction="sum")
+        local = nn.functional.cross_entropy(logits, targets, weight=self.weight, reduction="sum",
+                                            label_smoothing=self.label_smoothing)
         weights = self.weight[targets].sum() if self.weight is not None else targets.new_tensor(len(targets))
         totals = torch.stack([local.detach().float(), weights.float()])
         dist.all_reduce(totals)  # the global batch's summed loss and summed weight

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from lungscope.training.distributed import sum_over_ranks
+from lungscope.training.distributed import gather_rows, sum_over_ranks
+from lungscope.training.lung_focus import GradCamOutsideLungs
 
 
 def _autocast(device: torch.device) -> torch.autocast:
@@ -20,31 +22,54 @@ def _autocast(device: torch.device) -> torch.autocast:
 
 def train_one_epoch(
     model: nn.Module,
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loader: Iterable[Sequence[torch.Tensor]],
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     scaler: torch.amp.GradScaler,
     bar: tqdm,
-) -> float:
-    """Train for one pass over ``loader``; returns the mean loss per image (of every rank's images when distributed:
-    ``model`` is then wrapped in DistributedDataParallel and ``loader`` yields this rank's share of each batch)."""
+    *,
+    lung_focus: GradCamOutsideLungs | None = None,
+    lung_weight: float = 0.0,
+    ema: AveragedModel | None = None,
+) -> dict[str, float]:
+    """Train for one pass over ``loader`` (batches ``(images, targets[, lung masks])``); returns the mean loss per
+    image, and the accuracy and ROC-AUC of the training batches' predictions as they were made (augmented, in train
+    mode), of every rank's images when distributed (``model`` is then wrapped in DistributedDataParallel and
+    ``loader`` yields this rank's share of each batch). With ``lung_focus``, ``lung_weight`` times its penalty is
+    added to the loss (the batches must carry masks) and its mean is returned as ``train_outside_lungs``; ``ema``
+    is updated after every step."""
     model.train()
-    total, count = 0.0, 0
-    for images, targets in loader:
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+    total, count, outside = 0.0, 0, 0.0
+    scores, labels = [], []
+    for batch in loader:
+        images, targets = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
         with _autocast(device):
-            loss = criterion(model(images), targets)
+            logits = model(images)
+            loss = criterion(logits, targets)
+            if lung_focus is not None:
+                penalty = lung_focus(logits, batch[2].to(device, non_blocking=True))
+                loss = loss + lung_weight * penalty
+                outside += penalty.item() * len(targets)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        if ema is not None:
+            ema.update_parameters(model.module if hasattr(model, "module") else model)
         total += loss.item() * len(targets)
         count += len(targets)
+        scores.append(torch.softmax(logits.detach().float(), dim=1).cpu())
+        labels.append(targets.cpu())
         bar.update(1)
         bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
-    total, count = sum_over_ranks([total, count], device)
-    return total / max(count, 1)
+    total, count, outside = sum_over_ranks([total, count, outside], device)
+    metrics = validation_metrics(gather_rows(torch.cat(scores).numpy()), gather_rows(torch.cat(labels).numpy()))
+    result = {"train_loss": total / max(count, 1), "train_accuracy": metrics["val_accuracy"],
+              "train_auc": metrics["val_auc"]}
+    if lung_focus is not None:
+        result["train_outside_lungs"] = outside / max(count, 1)
+    return result
 
 
 @torch.no_grad()

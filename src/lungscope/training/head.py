@@ -175,10 +175,10 @@ def fit_dense_head(
     bar = progress_bar(total=config.epochs * len(train_loader), desc="train dense head", unit="batch", show=progress)
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
-        train_loss = train_one_epoch(head, train_loader, criterion, optimizer, device, scaler_amp, bar)
+        trained = train_one_epoch(head, train_loader, criterion, optimizer, device, scaler_amp, bar)
         metrics = validation_metrics(*predict(head, val_loader, device))
         with metrics_csv.open("a", newline="") as handle:
-            row = {"epoch": epoch, "train_loss": train_loss, **metrics, "lr": config.lr,
+            row = {"epoch": epoch, **trained, **metrics, "lr": config.lr,
                    "seconds": time.perf_counter() - started}
             csv.DictWriter(handle, METRIC_COLUMNS).writerow({k: f"{v:.6g}" for k, v in row.items()})
         if metrics["val_loss"] < best:
