@@ -235,3 +235,30 @@ def test_serve_allowed_host_option(monkeypatch: pytest.MonkeyPatch, flags: list[
     assert (served["host"], served["port"]) == ("127.0.0.1", 8123)
     for host, status in [(h, 200) for h in answered] + [(h, 400) for h in refused]:
         assert TestClient(served["app"], base_url=f"http://{host}:8123").get("/api/info").status_code == status
+
+
+_VISIBLE_IMAGES = "[...document.images].filter(i => i.checkVisibility()).map(i => i.id)"
+
+
+def test_page_states_in_chromium(server: str, chromium, tmp_path: Path) -> None:
+    """The empty page shows no image; a failed upload after a good one shows its error and none of the images."""
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    page = chromium.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.goto(server + "/")
+        page.wait_for_function("document.querySelectorAll('#method option').length > 0")
+        assert page.evaluate(_VISIBLE_IMAGES) == []
+        assert page.get_attribute("#viewer", "data-state") == "empty"
+        page.set_input_files("#files", [str(SAMPLE)])
+        page.wait_for_function("document.getElementById('viewer').dataset.state === 'result' && "
+                               "document.getElementById('heat').naturalWidth > 0", timeout=60_000)
+        assert page.evaluate(_VISIBLE_IMAGES) == ["xray", "heat"]
+        page.set_input_files("#files", [str(bad)])
+        page.wait_for_function("document.getElementById('viewer').dataset.state === 'error'", timeout=60_000)
+        assert page.evaluate(_VISIBLE_IMAGES) == []
+        assert page.evaluate("[...document.images].map(i => i.getAttribute('src'))") == [None, None]
+        assert page.text_content("#verdict").startswith("notes.png: 415: notes.png: not an image")
+        assert "%" not in page.text_content("#verdict")  # none of the previous patient's numbers
+    finally:
+        page.close()
