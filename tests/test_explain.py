@@ -361,6 +361,19 @@ def test_gpu_maps_match_cpu_maps(classifier: Classifier, batch: torch.Tensor) ->
     np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-6)
 
 
+def test_the_sanity_warning_comes_from_the_runs_own_check_when_there_is_one(tmp_path: Path) -> None:
+    literature = untrusted_reason("guided-gradcam", tmp_path)  # no explain-check in this run folder
+    assert "Adebayo" in literature and "not a measurement of this model" in literature
+    check = {"methods": {"guided-gradcam": {"flagged": False, "randomization_spearman": 0.25},
+                         "guided-backprop": {"flagged": True, "randomization_spearman": 0.91}}}
+    (tmp_path / "explain_check.json").write_text(json.dumps(check))
+    assert untrusted_reason("guided-gradcam", tmp_path) is None  # measured and not flagged: no warning
+    assert untrusted_reason("guided-backprop", tmp_path) == (
+        "its maps kept a rank correlation of 0.91 with those of randomised weights in this run's explain-check "
+        f"({tmp_path / 'explain_check.json'}; flagged from 0.5)")
+    assert "not a measurement of this model" in untrusted_reason("deconvolution", tmp_path)  # not measured
+
+
 def test_figure_titles_give_the_positive_class_probability_like_predict(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
