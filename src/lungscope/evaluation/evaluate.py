@@ -288,9 +288,9 @@ def format_report(report: dict[str, Any]) -> str:
     lines += ["", "confusion matrix (rows true, columns predicted: " + ", ".join(report["classes"]) + ")"]
     lines += ["  " + "  ".join(f"{n:6d}" for n in row) for row in matrix]
     calibration = report["calibration"]
-    lines += ["", f"expected calibration error {calibration['ece']:.4f} "
-              f"(uncalibrated {calibration['ece_uncalibrated']:.4f}, "
-              f"after {describe_calibration(calibration)}: {calibration['ece_calibrated']:.4f})"]
+    lines += ["", (f"expected calibration error {calibration['ece']:.4f} "
+                   f"(uncalibrated {calibration['ece_uncalibrated']:.4f}, "
+                   f"after {describe_calibration(calibration)}: {calibration['ece_calibrated']:.4f})")]
     if report["unreadable"]:
         lines += ["", f"{len(report['unreadable'])} file(s) skipped:"]
         lines += [f"  {u['path']}: {u['error']}" for u in report["unreadable"][:10]]
