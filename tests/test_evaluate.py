@@ -3,6 +3,7 @@ with more of them, temperature scaling lowers the calibration error on held-out 
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -20,7 +21,8 @@ from lungscope.cli.training import train_config
 from lungscope.data.datasets import scan_dataset
 from lungscope.data.splits import load_manifest, save_manifest, subsample_by_patient
 from lungscope.errors import ConfigError, DatasetError
-from lungscope.evaluation.evaluate import Evaluation, evaluate_run
+from lungscope.evaluation.evaluate import Evaluation, evaluate_run, format_report
+from lungscope.evaluation.formatting import format_probability
 from lungscope.evaluation.plots import save_figures
 from lungscope.training import TrainConfig, train
 
@@ -198,3 +200,21 @@ def test_calibrate_to_a_target_sensitivity_moves_the_threshold_evaluate_uses(
     assert report["threshold"] == point["threshold"] and report["operating_point"]["rule"] == "target_sensitivity"
     args = build_parser().parse_args(["train", "--out", "x", "--data", "d", "--target-sensitivity", "0.95"])
     assert train_config(args).target_sensitivity == 0.95
+
+
+def test_probabilities_near_0_and_1_keep_enough_digits() -> None:
+    values = [0.5, 0.1234, 0.99970, 0.9994, 0.0004, 0.995, 0.05, 0.0, 1.0, 1 - 1e-9, 1e-12]
+    assert [format_probability(v) for v in values] == [
+        "0.500", "0.123", "0.99970", "0.99940", "0.00040", "0.9950", "0.050", "0.000", "1.000", ">0.999999",
+        "<0.000001"]
+
+
+def test_terminal_report_shows_a_threshold_near_1_and_the_stored_calibration(held_out: Evaluation) -> None:
+    report = copy.deepcopy(held_out.report)
+    report["threshold"] = 0.99970
+    report["calibration"].update(temperature=1.5, bias=[0.0, -0.25])
+    text = format_report(report)
+    assert "threshold 0.99970 (" in text and "threshold 1.000" not in text
+    assert "after temperature and bias calibration (T = 1.500, bias per class [0.000, -0.250]):" in text
+    report["calibration"]["bias"] = None
+    assert "after temperature scaling (T = 1.500):" in format_report(report)

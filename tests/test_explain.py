@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+import lungscope.explain.files as files_module
 from lungscope.cli import main
 from lungscope.data.io import read_image
 from lungscope.errors import ConfigError
+from lungscope.evaluation.formatting import format_probability
 from lungscope.explain import (
     METHODS,
     SanityWarning,
@@ -33,7 +35,8 @@ from lungscope.explain import (
     top_channels,
     untrusted_reason,
 )
-from lungscope.explain.views import content_box
+from lungscope.explain.files import explain_files
+from lungscope.explain.views import content_box, prediction_title
 from lungscope.inference import Classifier
 from lungscope.models import create_model
 from lungscope.training import TrainConfig, train
@@ -356,3 +359,39 @@ def test_gpu_maps_match_cpu_maps(classifier: Classifier, batch: torch.Tensor) ->
     gpu = explain(classifier.model.to("cuda"), batch, "gradcam").maps
     classifier.model.to("cpu")
     np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-6)
+
+
+def test_the_sanity_warning_comes_from_the_runs_own_check_when_there_is_one(tmp_path: Path) -> None:
+    literature = untrusted_reason("guided-gradcam", tmp_path)  # no explain-check in this run folder
+    assert "Adebayo" in literature and "not a measurement of this model" in literature
+    check = {"methods": {"guided-gradcam": {"flagged": False, "randomization_spearman": 0.25},
+                         "guided-backprop": {"flagged": True, "randomization_spearman": 0.91}}}
+    (tmp_path / "explain_check.json").write_text(json.dumps(check))
+    assert untrusted_reason("guided-gradcam", tmp_path) is None  # measured and not flagged: no warning
+    assert untrusted_reason("guided-backprop", tmp_path) == (
+        "its maps kept a rank correlation of 0.91 with those of randomised weights in this run's explain-check "
+        f"({tmp_path / 'explain_check.json'}; flagged from 0.5)")
+    assert "not a measurement of this model" in untrusted_reason("deconvolution", tmp_path)  # not measured
+
+
+def test_figure_titles_give_the_positive_class_probability_like_predict(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A NORMAL call reads ``P(PNEUMONIA) = 0.138 - NORMAL``, the number the page, CSV and terminal show."""
+    assert prediction_title(["NORMAL", "PNEUMONIA"], np.array([0.862, 0.138]), 0) == "P(PNEUMONIA) = 0.138 - NORMAL"
+    assert prediction_title(["a", "b", "c"], np.array([0.2, 0.1, 0.7]), 2) == "P(c) = 0.700 - c"
+    image = Path(__file__).resolve().parents[1] / "samples" / "NORMAL" / "IM-0133-0001.jpeg"
+    bundled = Classifier.load("default")
+    (row,) = bundled.predict_files([str(image)])
+    assert bundled.decide(row.probabilities[None]).tolist() == [0]  # called NORMAL: P(called) != P(PNEUMONIA)
+    titles = []
+    drawn = files_module.explanation_figure
+
+    def recorded(*args: object, title: str, **options: object) -> object:
+        titles.append(title)
+        return drawn(*args, title=title, **options)
+
+    monkeypatch.setattr(files_module, "explanation_figure", recorded)
+    explain_files("default", [image], tmp_path, methods=["gradcam"], device="cpu", progress=False)
+    (title,) = titles
+    assert title.startswith(f"{image.name}: P(PNEUMONIA) = {format_probability(row.probabilities[1])} - NORMAL; gradcam")

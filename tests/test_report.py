@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from PIL import Image
 from lungscope.data.audit import audit_dataset
 from lungscope.evaluation.evaluate import Evaluation, evaluate_run
 from lungscope.evaluation.metrics import METRIC_NAMES
-from lungscope.evaluation.report import write_report
+from lungscope.evaluation.report import render_report, write_report
 from lungscope.training import TrainConfig, train
 
 NASTY = '<i onmouseover="alert(1)">'
@@ -113,3 +115,18 @@ def test_multi_class_report_shows_per_class_metrics_and_misclassifications(chest
     expected = wrong.assign(c=confidence).sort_values("c", ascending=False, kind="stable")["path"]
     assert re.findall(r"<b>([^<]+)</b>", _section(text, "misclassified")) == [Path(p).name for p in expected.head(4)]
     assert "false-positives" not in text
+
+
+def test_numbers_near_1_do_not_contradict_the_call(evaluation: Evaluation) -> None:
+    """A threshold of 0.9997 and an image at 0.9994 called NORMAL must not read "1.000" and "0.999"."""
+    report = copy.deepcopy(evaluation.report)
+    report["threshold"] = 0.99970
+    report["calibration"]["bias"] = [0.0, -0.25]
+    frame = evaluation.predictions.copy()
+    negative, positive = report["classes"]
+    missed = frame.index[frame["label"] == positive][0]
+    frame.loc[missed, ["probability", "prediction"]] = [0.9994, negative]
+    text = render_report(replace(evaluation, report=report, predictions=frame), examples=50)
+    assert "Operating threshold 0.99970 (" in text and "threshold 1.000" not in text
+    assert f"called {negative}<br>P({positive}) 0.99940<br>" in _section(text, "false-negatives")
+    assert "after temperature and bias calibration (T = " in text and "temperature scaling" not in text

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
 import tempfile
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import httpx2 as httpx
 import numpy as np
 import pytest
+import torch
 import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from lungscope.cli import main
 from lungscope.data.io import read_image
 from lungscope.inference import Classifier
 from lungscope.serve import create_app
+from lungscope.serve.app import default_allowed_hosts, display_name
 from test_predict import _dicom
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,7 +106,8 @@ def server(classifier: Classifier) -> str:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = uvicorn.Config(create_app(classifier, model_name="default"), host="127.0.0.1", port=port, log_level="warning")
+    app = create_app(classifier, model_name="default", max_upload=2_000_000)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     instance = uvicorn.Server(config)
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
@@ -127,5 +135,130 @@ def test_page_end_to_end_in_chromium(server: str, chromium, tmp_path: Path) -> N
         assert page.eval_on_selector("#heat", "e => e.style.opacity") == "0.8"
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         assert (tmp_path / "page.png").stat().st_size > 10_000
+    finally:
+        page.close()
+
+
+def _multipart(name: bytes, chunks: Iterable[bytes], sent: list[int] | None = None) -> dict[str, Any]:
+    """Request arguments for a hand-made multipart body with one ``file`` field named ``name`` byte for byte (a
+    client library would escape it), streamed from ``chunks`` without Content-Length; ``sent`` counts what left."""
+    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="' + name + b'"\r\n\r\n'
+
+    def body() -> Iterator[bytes]:
+        for part in itertools.chain([head], chunks, [b"\r\n--b--\r\n"]):
+            if sent is not None:
+                sent[0] += len(part)
+            yield part
+
+    return {"content": body(), "headers": {"content-type": "multipart/form-data; boundary=b"}}
+
+
+def test_chunked_upload_is_refused_once_past_the_cap(server: str) -> None:
+    """No Content-Length: the server counts the bytes as they arrive and answers 413 long before the end."""
+    sent = [0]
+    before = set(Path(tempfile.gettempdir()).glob("lungscope-upload-*"))
+    zeros = (b"\0" * (1 << 20) for _ in range(64))
+    response = httpx.post(server + "/api/predict", **_multipart(b"z.png", zeros, sent), timeout=60)
+    assert sent[0] < 16 << 20  # the cap (2 MB) plus what the sockets' buffers held, not the 64 MB offered
+    assert response.status_code == 413 and response.json() == {"detail": "upload larger than 1.90735 MB"}
+    assert set(Path(tempfile.gettempdir()).glob("lungscope-upload-*")) == before
+
+
+@pytest.mark.parametrize("name", ["..", "x/..", "a\0b.png", "é" * 200 + ".png", "/etc/passwd", "C:\\x\\..\\y.png"])
+def test_upload_names_are_never_paths(server: str, name: str) -> None:
+    raw = name.encode()
+    assert httpx.post(server + "/api/predict", **_multipart(raw, [SAMPLE.read_bytes()])).status_code == 200
+    response = httpx.post(server + "/api/predict", **_multipart(raw, [b"not an image"]))
+    assert response.status_code == 415
+    shown = response.json()["detail"].split(": ")[0]
+    assert shown == display_name(name) and len(shown) <= 120
+
+
+def test_display_name() -> None:
+    assert [display_name(n) for n in ("..", "x/..", "a\0b.png", "C:\\dir\\scan.dcm", None, "")] == [
+        "..", "..", "ab.png", "scan.dcm", "upload", "upload"]
+    assert display_name("é" * 300) == "é" * 119 + "…"
+
+
+def test_openapi_declares_the_error_answers(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    for path in ("/api/predict", "/api/explain", "/api/image"):
+        responses = schema["paths"][path]["post"]["responses"]
+        assert {"200", "400", "413", "415", "422"} <= set(responses)
+        assert responses["413"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+    assert schema["components"]["schemas"]["ErrorBody"]["required"] == ["detail"]
+
+
+def test_hosts_outside_the_allow_list_get_400(classifier: Classifier) -> None:
+    app = create_app(classifier, allowed_hosts=default_allowed_hosts("127.0.0.1"))
+    assert TestClient(app, base_url="http://localhost:8000").get("/api/info").status_code == 200
+    assert TestClient(app, base_url="http://127.0.0.1:8000").get("/api/info").status_code == 200
+    assert TestClient(app, base_url="http://attacker.example:8000").get("/api/info").status_code == 400
+    assert default_allowed_hosts("0.0.0.0") == ["0.0.0.0", "localhost", "127.0.0.1"]
+
+
+def test_predictions_during_explanations_all_succeed(client: TestClient) -> None:
+    """Predictions run while explanations' hooks are attached: each must answer 200 (they share no model)."""
+    jobs = [("/api/explain", {"method": m}) for m in ("gradcam", "guided-gradcam", "integrated-gradients", "gradcam")]
+    jobs = [job for pair in itertools.zip_longest(jobs, [("/api/predict", {})] * 8) for job in pair if job]
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        codes = list(pool.map(lambda job: client.post(job[0], files=_upload(SAMPLE), data=job[1]).status_code, jobs))
+    assert codes == [200] * 12
+
+
+def test_a_prediction_inside_an_explanation_leaves_it_intact() -> None:
+    """Deterministic form of the race: a prediction runs while the explanation's attribution hooks are attached."""
+    classifier = Classifier.load("default")
+    pixels = read_image(SAMPLE).pixels
+
+    def predict_meanwhile(*_: object) -> None:
+        """After each forward pass with gradients (an explanation's), a prediction, as another request would make."""
+        if torch.is_grad_enabled():
+            classifier.predict_arrays([pixels])
+
+    classifier.model.register_forward_hook(predict_meanwhile)
+    client = TestClient(create_app(classifier))
+    for method in ("gradcam", "guided-gradcam"):
+        assert client.post("/api/explain", files=_upload(SAMPLE), data={"method": method}).status_code == 200
+
+
+@pytest.mark.parametrize(("flags", "answered", "refused"), [
+    ([], ["localhost", "127.0.0.1"], ["rebind.example"]),
+    (["--allowed-host", "scanner.example", "--allowed-host", "pacs.example"], ["scanner.example", "pacs.example"],
+     ["localhost", "rebind.example"]),
+])
+def test_serve_allowed_host_option(monkeypatch: pytest.MonkeyPatch, flags: list[str], answered: list[str],
+                                   refused: list[str]) -> None:
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.update(app=app, **options))
+    assert main(["serve", "--port", "8123", *flags]) == 0
+    assert (served["host"], served["port"]) == ("127.0.0.1", 8123)
+    for host, status in [(h, 200) for h in answered] + [(h, 400) for h in refused]:
+        assert TestClient(served["app"], base_url=f"http://{host}:8123").get("/api/info").status_code == status
+
+
+_VISIBLE_IMAGES = "[...document.images].filter(i => i.checkVisibility()).map(i => i.id)"
+
+
+def test_page_states_in_chromium(server: str, chromium, tmp_path: Path) -> None:
+    """The empty page shows no image; a failed upload after a good one shows its error and none of the images."""
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    page = chromium.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.goto(server + "/")
+        page.wait_for_function("document.querySelectorAll('#method option').length > 0")
+        assert page.evaluate(_VISIBLE_IMAGES) == []
+        assert page.get_attribute("#viewer", "data-state") == "empty"
+        page.set_input_files("#files", [str(SAMPLE)])
+        page.wait_for_function("document.getElementById('viewer').dataset.state === 'result' && "
+                               "document.getElementById('heat').naturalWidth > 0", timeout=60_000)
+        assert page.evaluate(_VISIBLE_IMAGES) == ["xray", "heat"]
+        page.set_input_files("#files", [str(bad)])
+        page.wait_for_function("document.getElementById('viewer').dataset.state === 'error'", timeout=60_000)
+        assert page.evaluate(_VISIBLE_IMAGES) == []
+        assert page.evaluate("[...document.images].map(i => i.getAttribute('src'))") == [None, None]
+        assert page.text_content("#verdict").startswith("notes.png: 415: notes.png: not an image")
+        assert "%" not in page.text_content("#verdict")  # none of the previous patient's numbers
     finally:
         page.close()

@@ -99,7 +99,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     classifier = Classifier.load(args.model)
     print(f"lungscope: serving {args.model} on http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C stops")
     run_server(classifier, host=args.host, port=args.port, model_name=str(args.model),
-               max_upload=int(args.max_upload_mb * 1024 * 1024))
+               max_upload=int(args.max_upload_mb * 1024 * 1024), allowed_hosts=args.allowed_host)
     return EXIT_OK
 
 
@@ -113,6 +113,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="larger uploads get 413 (default 50)")
+    p.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="a Host name the server answers, repeatable (default: --host, localhost and 127.0.0.1); "
+                   "other Host headers get 400, which stops DNS-rebinding pages")
     p.set_defaults(func=_cmd_serve)
 
 

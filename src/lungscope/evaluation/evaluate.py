@@ -22,6 +22,7 @@ from lungscope.data.labels import classes_for
 from lungscope.data.splits import load_manifest
 from lungscope.errors import ConfigError, DatasetError
 from lungscope.evaluation.calibration import apply_temperature, expected_calibration_error, reliability
+from lungscope.evaluation.formatting import describe_calibration, format_probability
 from lungscope.evaluation.metrics import (
     METRIC_NAMES,
     binary_metric_functions,
@@ -274,7 +275,7 @@ def format_report(report: dict[str, Any]) -> str:
         columns.append(("largest probability (95% CI)", report["metrics"]))
     else:
         rule = report["operating_point"].get("rule", "stored")
-        columns.append((f"threshold {report['threshold']:.3f} ({rule}) (95% CI)", report["metrics"]))
+        columns.append((f"threshold {format_probability(report['threshold'])} ({rule}) (95% CI)", report["metrics"]))
         columns.append(("threshold 0.5 (95% CI)", report["metrics_at_0_5"]))
     rows = [[title for title, _ in columns]]
     rows += [[name] + [_cell(values[name]) for _, values in columns[1:]] for name in METRIC_NAMES]
@@ -287,11 +288,9 @@ def format_report(report: dict[str, Any]) -> str:
     lines += ["", "confusion matrix (rows true, columns predicted: " + ", ".join(report["classes"]) + ")"]
     lines += ["  " + "  ".join(f"{n:6d}" for n in row) for row in matrix]
     calibration = report["calibration"]
-    lines += ["", f"expected calibration error {calibration['ece']:.4f} "
-              f"(uncalibrated {calibration['ece_uncalibrated']:.4f}, "
-              f"calibrated with temperature {calibration['temperature']:.3f}"
-              + ("" if calibration["bias"] is None else f" and bias {calibration['bias'][1:]}")
-              + f": {calibration['ece_calibrated']:.4f})"]
+    lines += ["", (f"expected calibration error {calibration['ece']:.4f} "
+                   f"(uncalibrated {calibration['ece_uncalibrated']:.4f}, "
+                   f"after {describe_calibration(calibration)}: {calibration['ece_calibrated']:.4f})")]
     if report["unreadable"]:
         lines += ["", f"{len(report['unreadable'])} file(s) skipped:"]
         lines += [f"  {u['path']}: {u['error']}" for u in report["unreadable"][:10]]

@@ -13,6 +13,7 @@ from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_curve, roc_
 
 from lungscope.evaluation.calibration import apply_temperature, reliability
 from lungscope.evaluation.evaluate import Evaluation
+from lungscope.evaluation.formatting import format_probability
 from lungscope.training.curves import plot_curves
 
 _SIZE = (4.8, 4.2)
@@ -39,7 +40,7 @@ def _undefined(ax: Axes, truth: np.ndarray) -> bool:
 def _operating_marks(evaluation: Evaluation) -> list[tuple[str, dict, str]]:
     """(label, metrics at that threshold, marker) for the operating threshold and 0.5 of a binary run."""
     report = evaluation.report
-    return [(f"threshold {evaluation.threshold:.3f}", report["metrics"], "o"),
+    return [(f"threshold {format_probability(evaluation.threshold)}", report["metrics"], "o"),
             ("threshold 0.5", report["metrics_at_0_5"], "s")]
 
 
@@ -86,7 +87,7 @@ def confusion_figure(evaluation: Evaluation) -> Figure:
     ax = fig.add_subplot()
     matrix = np.asarray(evaluation.report["confusion_matrix"])
     ConfusionMatrixDisplay(matrix, display_labels=evaluation.classes).plot(ax=ax, colorbar=False, values_format="d")
-    rule = "largest probability" if evaluation.threshold is None else f"threshold {evaluation.threshold:.3f}"
+    rule = "largest probability" if evaluation.threshold is None else f"threshold {format_probability(evaluation.threshold)}"
     ax.set_title(f"confusion matrix ({rule})")
     return fig
 

@@ -26,6 +26,7 @@ from lungscope.data.io import read_image
 from lungscope.errors import ImageReadError
 from lungscope.evaluation import plots
 from lungscope.evaluation.evaluate import Evaluation
+from lungscope.evaluation.formatting import describe_calibration, format_probability
 from lungscope.evaluation.metrics import METRIC_NAMES
 
 THUMBNAIL = 224  # longest side of an example image, pixels
@@ -146,9 +147,9 @@ def _metrics_section(report: dict[str, Any]) -> str:
         intro = "Multi-class: each image is called its most probable class."
     else:
         rule = report.get("operating_point", {}).get("rule", "stored")
-        columns = [(f"threshold {report['threshold']:.3f}", report["metrics"]),
-                   ("threshold 0.5", report["metrics_at_0_5"])]
-        intro = (f"Operating threshold {report['threshold']:.3f} ({_e(rule)}), chosen on the run's validation split; "
+        threshold = format_probability(report["threshold"])
+        columns = [(f"threshold {threshold}", report["metrics"]), ("threshold 0.5", report["metrics_at_0_5"])]
+        intro = (f"Operating threshold {threshold} ({_e(rule)}), chosen on the run's validation split; "
                  "ROC-AUC and PR-AUC do not depend on a threshold.")
     header = ["metric"] + [f"{title} {part}" for title, _ in columns for part in ("value", "95% CI")]
     rows = [[name.replace("_", " ")] + [cell for _, values in columns
@@ -167,8 +168,8 @@ def _metrics_section(report: dict[str, Any]) -> str:
     parts.append("<h3>Confusion matrix</h3>" + _table(["", *(f"called {c}" for c in classes)], matrix))
     calibration = report["calibration"]
     parts.append(
-        f"<p>Expected calibration error {_number(calibration['ece_uncalibrated'], 4)}, after temperature scaling "
-        f"(T = {_number(calibration['temperature'])}) {_number(calibration['ece_calibrated'], 4)}; the metrics use the "
+        f"<p>Expected calibration error {_number(calibration['ece_uncalibrated'], 4)}, after "
+        f"{_e(describe_calibration(calibration))} {_number(calibration['ece_calibrated'], 4)}; the metrics use the "
         f"{'calibrated' if report['calibrated'] else 'uncalibrated'} probabilities.</p>"
     )
     parts += [f'<p class="note">{_e(note)}</p>' for note in report.get("notes", [])]
@@ -216,7 +217,7 @@ def _cards(rows: pd.DataFrame, column: str, caption: str) -> str:
         picture = _img(png, name) if png else "<p>(image could not be read)</p>"
         cards.append(
             f'<div class="card">{picture}<b>{_e(name)}</b><br>true {_e(row["label"])}, called {_e(row["prediction"])}'
-            f'<br>{_e(caption)} {row[column]:.3f}<br><span class="sub">{_e(row["path"])}</span></div>'
+            f'<br>{_e(caption)} {format_probability(row[column])}<br><span class="sub">{_e(row["path"])}</span></div>'
         )
     return f'<div class="cards">{"".join(cards)}</div>'
 

@@ -37,6 +37,7 @@ from lungscope.explain.views import (
     default_cmap,
     explanation_figure,
     map_to_image,
+    prediction_title,
     signed_view,
 )
 from lungscope.inference import Classifier
@@ -149,7 +150,7 @@ def explain_files(
                     explanation = explain(classifier.model, inputs, method, targets, layer, warn=False)
                     for i, (path, (pixels, _)) in enumerate(good):
                         maps[f"{stems[path]}/{method}"] = explanation.maps[i]
-                        title = (f"{path.name}: {classifier.classes[int(targets[i])]} (p = {probs[i, targets[i]]:.3f})"
+                        title = (f"{path.name}: {prediction_title(classifier.classes, probs[i], int(targets[i]))}"
                                  f"; {method}" + (f" at {explanation.layer}" if explanation.layer else ""))
                         png = out / f"{stems[path]}_{method}.png"
                         _figure(pixels, explanation.maps[i], classifier, title, style).savefig(png, dpi=100)

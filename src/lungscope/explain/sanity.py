@@ -6,6 +6,7 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 # Methods that fail the model-randomisation test in the literature: their maps stay nearly the same when the
 # network's weights are replaced by random ones, so they show the image's edges more than what the model uses.
@@ -33,21 +34,31 @@ def check_path(run: str | os.PathLike[str] | None) -> Path | None:
     return (path if path.is_dir() else path.parent) / CHECK_FILE
 
 
-def untrusted_reason(method: str, run: str | os.PathLike[str] | None = None) -> str | None:
-    """Why ``method``'s maps should not be trusted (literature, or the run's own explain-check), or None."""
-    reasons = [KNOWN_FLAGGED[method]] if method in KNOWN_FLAGGED else []
+def _measured(method: str, run: str | os.PathLike[str] | None) -> dict[str, Any] | None:
+    """``method``'s entry in the run's explain-check report, or None: no report, or it did not measure ``method``."""
     check = check_path(run)
-    if check is not None and check.is_file():
-        try:
-            entry = json.loads(check.read_text())["methods"].get(method)
-        except (ValueError, KeyError, TypeError, AttributeError):
-            entry = None  # a foreign or damaged file says nothing about this run
-        if entry and entry.get("flagged"):
-            reasons.append(
-                f"its maps kept a rank correlation of {entry['randomization_spearman']:.2f} with those of randomised "
-                f"weights in this run's explain-check ({check})"
-            )
-    return "; ".join(reasons) or None
+    if check is None or not check.is_file():
+        return None
+    try:
+        entry = json.loads(check.read_text())["methods"].get(method)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None  # a foreign or damaged file says nothing about this run
+    return entry if isinstance(entry, dict) else None
+
+
+def untrusted_reason(method: str, run: str | os.PathLike[str] | None = None) -> str | None:
+    """Why ``method``'s maps should not be trusted, or None. The run's own explain-check decides when it measured
+    ``method`` (a method it did not flag gets no warning); otherwise the literature's finding, said to be one."""
+    entry = _measured(method, run)
+    if entry is not None:
+        if not entry.get("flagged"):
+            return None
+        return (f"its maps kept a rank correlation of {entry['randomization_spearman']:.2f} with those of randomised "
+                f"weights in this run's explain-check ({check_path(run)}; flagged from {FLAG_THRESHOLD})")
+    if method in KNOWN_FLAGGED:
+        return (f"in the literature it {KNOWN_FLAGGED[method]}, a general finding and not a measurement of this model "
+                "(`lungscope explain-check RUN` measures it)")
+    return None
 
 
 def warn_if_untrusted(method: str, run: str | os.PathLike[str] | None = None, stacklevel: int = 3) -> None:

@@ -6,6 +6,8 @@ A *view* is a map scaled per image: ``positive``, ``negative`` and ``absolute`` 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import matplotlib
 import numpy as np
 import torch
@@ -14,6 +16,7 @@ from matplotlib.figure import Figure
 
 from lungscope.data.transforms import ResizeImage
 from lungscope.errors import ConfigError
+from lungscope.evaluation.formatting import format_probability
 from lungscope.segmentation.masks import Box
 
 SIGNS: tuple[str, ...] = ("positive", "negative", "absolute", "all")
@@ -108,6 +111,13 @@ def map_to_image(
     top, left, height, width = content_box(shape, map_.shape[-1], resize)
     crop = torch.as_tensor(np.ascontiguousarray(map_[top : top + height, left : left + width]), dtype=torch.float32)
     return F.interpolate(crop[None, None], size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def prediction_title(classes: Sequence[str], probabilities: np.ndarray, called: int) -> str:
+    """The prediction as the page, CSV and terminal give it: the probability of the positive class (of the called
+    class when there are more than two) and the class called, e.g. ``P(PNEUMONIA) = 0.138 - NORMAL``."""
+    shown = 1 if len(classes) == 2 else called
+    return f"P({classes[shown]}) = {format_probability(float(probabilities[shown]))} - {classes[called]}"
 
 
 def explanation_figure(

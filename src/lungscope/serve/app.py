@@ -8,22 +8,29 @@ Uploads live in a temporary folder for the length of one request; nothing is kep
 
 from __future__ import annotations
 
+import copy
 import io
 import os
+import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+import unicodedata
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
+from pydantic import BaseModel
+from starlette.datastructures import Headers
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lungscope.data.io import XRay, read_image
+from lungscope.data.io import IMAGE_SUFFIXES, XRay, read_image
 from lungscope.errors import ConfigError, ImageReadError
 from lungscope.explain.api import explain as explain_batch
 from lungscope.explain.base import METHODS
@@ -32,6 +39,39 @@ from lungscope.inference import Classifier
 
 DEFAULT_MAX_UPLOAD = 50 * 1024 * 1024
 _CHUNK = 1 << 20
+_DISPLAY_NAME = 120  # characters of the client's file name kept for messages
+
+
+class ErrorBody(BaseModel):
+    """What every refused request answers."""
+
+    detail: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "A bad request: an unreadable image or a bad parameter"},
+    413: {"model": ErrorBody, "description": "The request body is larger than the server's upload limit"},
+    415: {"model": ErrorBody, "description": "The upload is not an image of a supported format"},
+}
+
+
+def default_allowed_hosts(host: str) -> list[str]:
+    """The Host names a server bound to ``host`` answers by default: that address and this machine's names."""
+    return list(dict.fromkeys([host, "localhost", "127.0.0.1"]))
+
+
+def display_name(filename: str | None) -> str:
+    """The client's file name fit for a message: its last path part, without control characters, shortened.
+    Never a path: uploads are stored under a fixed name."""
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if unicodedata.category(c)[0] != "C")
+    return (name[: _DISPLAY_NAME - 1] + "…" if len(name) > _DISPLAY_NAME else name) or "upload"
+
+
+def _stored_name(filename: str | None) -> str:
+    """The temporary file's name: ``upload`` with the client's suffix only where it is a known image suffix."""
+    suffix = Path(display_name(filename)).suffix.lower()
+    return "upload" + (suffix if suffix in IMAGE_SUFFIXES else "")
 
 
 def _png(array: np.ndarray) -> Response:
@@ -51,35 +91,73 @@ def map_on_image(classifier: Classifier, pixels: np.ndarray, method: str) -> np.
     return map_to_image(signed_view(explanation.maps[0]), pixels.shape, classifier.resize, classifier.crop_box(pixels))
 
 
-def create_app(classifier: Classifier, *, model_name: str = "model", max_upload: int = DEFAULT_MAX_UPLOAD) -> FastAPI:
-    """The app serving ``classifier``. ``max_upload`` bytes per request; larger uploads get 413."""
-    app = FastAPI(title="lungscope", description="Chest X-ray screening with the map of where the model looked.")
-    explain_lock = threading.Lock()  # attribution hooks live on the shared model: one explanation at a time
+def _with_own_model(classifier: Classifier) -> Classifier:
+    """``classifier`` with a private copy of its model: attribution hooks on the copy never see another request's
+    forward pass (a prediction running through hooked layers breaks Captum's graph), and predictions never wait."""
+    twin = copy.copy(classifier)
+    twin.model = copy.deepcopy(classifier.model)
+    return twin
 
-    @app.middleware("http")
-    async def refuse_large_bodies(request: Request, call_next):  # before the body is read or spooled anywhere
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_upload:
-            return JSONResponse({"detail": f"upload larger than {max_upload // (1024 * 1024)} MB"}, status_code=413)
-        return await call_next(request)
+
+class BodyLimit:
+    """413 as soon as a request body passes ``limit`` bytes, counted as they arrive: a chunked upload declares no
+    Content-Length, and nothing past the limit is read, so nothing past it is spooled anywhere.
+
+    Hand-written: Starlette's RequestBodyLimitMiddleware (FastAPI's ``max_body_size``) turns every answer to a
+    request that declares too large a body into plain text, not the JSON ``{"detail"}`` of this API's other errors.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.detail = f"upload larger than {limit / (1024 * 1024):g} MB"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limit:  # refused before a byte of the body is read
+            return await JSONResponse({"detail": self.detail}, 413, {"Connection": "close"})(scope, receive, send)
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:  # FastAPI re-raises it from the form parsing; its handler answers the JSON
+                raise HTTPException(413, self.detail, headers={"Connection": "close"})
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def create_app(
+    classifier: Classifier,
+    *,
+    model_name: str = "model",
+    max_upload: int = DEFAULT_MAX_UPLOAD,
+    allowed_hosts: Sequence[str] = ("*",),
+) -> FastAPI:
+    """The app serving ``classifier``. A request body over ``max_upload`` bytes gets 413 as soon as the bytes
+    received pass it (chunked uploads included); a Host header outside ``allowed_hosts`` gets 400."""
+    app = FastAPI(title="lungscope", description="Chest X-ray screening with the map of where the model looked.")
+    app.add_middleware(BodyLimit, limit=max_upload)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+    explainer = _with_own_model(classifier)
+    explain_lock = threading.Lock()  # attribution hooks live on the explainer's model: one explanation at a time
 
     @contextmanager
     def uploaded(upload: UploadFile) -> Iterator[XRay]:
-        """The upload read as an X-ray; the file exists only inside this block."""
+        """The upload read as an X-ray; the file exists only inside this block, under a name of ours."""
         with tempfile.TemporaryDirectory(prefix="lungscope-upload-") as folder:
-            path = Path(folder) / (Path(upload.filename or "upload").name or "upload")
-            size = 0
+            path = Path(folder) / _stored_name(upload.filename)
             with path.open("wb") as handle:
-                while chunk := upload.file.read(_CHUNK):
-                    size += len(chunk)
-                    if size > max_upload:
-                        raise HTTPException(413, f"upload larger than {max_upload // (1024 * 1024)} MB")
-                    handle.write(chunk)
+                shutil.copyfileobj(upload.file, handle, _CHUNK)
             try:
                 yield read_image(path)
             except ImageReadError as error:
                 status = 415 if error.reason.startswith(("not an image", "unsupported")) else 400
-                raise HTTPException(status, f"{upload.filename}: {error.reason}") from None
+                raise HTTPException(status, f"{display_name(upload.filename)}: {error.reason}") from None
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
@@ -91,7 +169,7 @@ def create_app(classifier: Classifier, *, model_name: str = "model", max_upload:
         return {"model": model_name, "classes": classifier.classes, "threshold": classifier.threshold,
                 "methods": list(METHODS), "max_upload": max_upload}
 
-    @app.post("/api/predict")
+    @app.post("/api/predict", responses=ERRORS)
     def predict(file: Annotated[UploadFile, File()]) -> dict[str, object]:
         """Calibrated probability of the positive class and the decision at the model's threshold."""
         with uploaded(file) as xray:
@@ -105,7 +183,7 @@ def create_app(classifier: Classifier, *, model_name: str = "model", max_upload:
         return {"probability": float(probabilities[best]), "prediction": decision, "threshold": None,
                 "model": model_name, "probabilities": dict(zip(classifier.classes, map(float, probabilities)))}
 
-    @app.post("/api/explain", responses={200: {"content": {"image/png": {}}}})
+    @app.post("/api/explain", responses={200: {"content": {"image/png": {}}}, **ERRORS})
     def explain(
         file: Annotated[UploadFile, File()],
         method: Annotated[str, Form()] = "gradcam",
@@ -120,14 +198,14 @@ def create_app(classifier: Classifier, *, model_name: str = "model", max_upload:
             raise HTTPException(400, "view must be overlay or heatmap and alpha within [0, 1]")
         with uploaded(file) as xray, explain_lock:
             try:
-                heat = map_on_image(classifier, xray.pixels, method)
+                heat = map_on_image(explainer, xray.pixels, method)
             except ConfigError as error:
                 raise HTTPException(400, str(error)) from None
         if view == "heatmap":  # opaque colours where the map is strong: the page sets the opacity with its slider
             return _png(heatmap_rgba(heat, alpha=1.0))
         return _png(overlay(xray.pixels, heat, alpha=alpha))
 
-    @app.post("/api/image", responses={200: {"content": {"image/png": {}}}})
+    @app.post("/api/image", responses={200: {"content": {"image/png": {}}}, **ERRORS})
     def image(file: Annotated[UploadFile, File()]) -> Response:
         """The X-ray as lungscope reads it (DICOM windowed, MONOCHROME1 inverted), as an 8-bit PNG."""
         with uploaded(file) as xray:
@@ -137,9 +215,12 @@ def create_app(classifier: Classifier, *, model_name: str = "model", max_upload:
 
 
 def run_server(classifier: Classifier, *, host: str = "127.0.0.1", port: int = 8000, model_name: str = "model",
-               max_upload: int = DEFAULT_MAX_UPLOAD) -> None:
-    """Serve until interrupted (uvicorn). Binds to the loopback address unless told otherwise."""
+               max_upload: int = DEFAULT_MAX_UPLOAD, allowed_hosts: Sequence[str] | None = None) -> None:
+    """Serve until interrupted (uvicorn). Binds to the loopback address unless told otherwise. ``allowed_hosts``:
+    the Host names answered (default :func:`default_allowed_hosts`), so DNS-rebinding pages get 400."""
     import uvicorn
 
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
-    uvicorn.run(create_app(classifier, model_name=model_name, max_upload=max_upload), host=host, port=port)
+    app = create_app(classifier, model_name=model_name, max_upload=max_upload,
+                     allowed_hosts=default_allowed_hosts(host) if allowed_hosts is None else allowed_hosts)
+    uvicorn.run(app, host=host, port=port)

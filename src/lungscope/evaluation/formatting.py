@@ -1,0 +1,29 @@
+"""How probabilities and thresholds are written for people: the terminal, the HTML report, explanation figures."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+MAX_DECIMALS = 6
+
+
+def format_probability(value: float, decimals: int = 3) -> str:
+    """``value`` in [0, 1] with ``decimals`` decimals, or more near 0 and 1: enough for two significant digits of
+    its distance to the nearer end, so that 0.9997 never reads 1.000 beside a 0.9994 called below it. Beyond
+    :data:`MAX_DECIMALS` a value short of an end is written ``>0.999999`` or ``<0.000001``."""
+    distance = min(value, 1.0 - value)
+    if distance > 0:
+        decimals = max(decimals, 1 - math.floor(math.log10(distance)))
+    if decimals > MAX_DECIMALS:
+        bound = 10.0**-MAX_DECIMALS
+        return f"<{bound:.{MAX_DECIMALS}f}" if value < 0.5 else f">{1 - bound:.{MAX_DECIMALS}f}"
+    return f"{value:.{decimals}f}"
+
+
+def describe_calibration(calibration: dict[str, Any]) -> str:
+    """The calibration a run stores, named as fitted: temperature scaling, or temperature and per-class bias."""
+    if calibration.get("bias") is None:
+        return f"temperature scaling (T = {calibration['temperature']:.3f})"
+    bias = ", ".join(f"{b:.3f}" for b in calibration["bias"])
+    return f"temperature and bias calibration (T = {calibration['temperature']:.3f}, bias per class [{bias}])"
