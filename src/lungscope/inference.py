@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torchvision.transforms.v2 import functional as TF
 
 from lungscope.checkpoint import load_checkpoint
 from lungscope.data.io import read_image
@@ -27,13 +28,35 @@ from lungscope.segmentation.masks import Box
 DEFAULT_MODEL = Path(__file__).parent / "bundled" / "pneumonia.pt"
 
 
+TTA_VIEWS = 6  # the most views test-time augmentation takes (see tta_views)
+
+
+def tta_views(batch: torch.Tensor, views: int) -> list[torch.Tensor]:
+    """``views`` versions of a model-input batch ``(N, C, S, S)``: itself, then a zoom in by 8%, rotations of 4
+    degrees either way and shifts of 3% either way (small changes of framing that a radiographer makes anyway)."""
+    if not 1 <= views <= TTA_VIEWS:
+        raise ConfigError(f"test-time augmentation takes 1 to {TTA_VIEWS} views, not {views}")
+    side = batch.shape[-1]
+    shift = round(0.03 * side)
+    changes = [(0.0, [0, 0], 1.08), (4.0, [0, 0], 1.0), (-4.0, [0, 0], 1.0), (0.0, [shift, shift], 1.0),
+               (0.0, [-shift, -shift], 1.0)]
+    out = [batch]
+    for angle, translate, scale in changes[: views - 1]:
+        out.append(TF.affine(batch, angle=angle, translate=translate, scale=scale, shear=[0.0, 0.0],
+                             interpolation=TF.InterpolationMode.BILINEAR))
+    return out
+
+
 @dataclass
 class Prediction:
-    """One file's class probabilities, or the reason it could not be read."""
+    """One file's class probabilities, or the reason it could not be read. ``spread``: with test-time augmentation
+    or an ensemble, the standard deviation of the positive class's probability across views and members (a
+    measure of the answer's uncertainty); None for a single pass."""
 
     path: str
     probabilities: np.ndarray | None
     error: str | None = None
+    spread: float | None = None
 
 
 class Classifier:
@@ -56,6 +79,8 @@ class Classifier:
         self.config = config
         self.image_size = image_size
         self.set_operating_point(operating_point or {})
+        self.tta = 1  # test-time augmentation: views per image (see tta_views)
+        self.members: list[Classifier] = []  # further ensemble members (see add_members)
         self.resize: str = config.get("resize", "squash")
         self.roi = LungCrop(config.get("roi_margin", 0.05)) if config.get("roi", "none") == "lungs" else None
         preprocess = build_preprocess(image_size, resize=self.resize, clahe=config.get("clahe", False),
@@ -110,11 +135,30 @@ class Classifier:
             return (probabilities[:, 1] >= self.threshold).astype(np.int64)
         return probabilities.argmax(axis=1)
 
+    def add_members(self, others: Sequence[Classifier]) -> None:
+        """Make this an ensemble: ``others`` (with the same classes and preprocessing) answer beside this model;
+        each member's calibrated probabilities are averaged and the decision threshold is the members' mean."""
+        for other in others:
+            if other.classes != self.classes or other.image_size != self.image_size or any(
+                    other.config.get(k) != self.config.get(k) for k in ("resize", "clahe", "roi", "normalise")):
+                raise ConfigError("ensemble members must share classes, image size and preprocessing")
+        self.members = [*self.members, *others]
+        if self.threshold is not None:
+            self.threshold = float(np.mean([self.threshold] + [m.threshold for m in others]))
+
     @torch.inference_mode()
+    def scores(self, batch: torch.Tensor, calibrated: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities (N x classes) of a model-input batch, averaged over the test-time views and the ensemble's
+        members, and the spread of the positive class's probability across them (None for a single pass)."""
+        answers = [member.probabilities(member.model(view), calibrated)
+                   for member in (self, *self.members) for view in tta_views(batch, self.tta)]
+        stacked = np.stack(answers)
+        spread = stacked[..., -1].std(axis=0) if len(answers) > 1 else None
+        return stacked.mean(axis=0), spread
+
     def predict_arrays(self, images: Iterable[np.ndarray], *, calibrated: bool = True) -> np.ndarray:
         """Probabilities (N x classes) of 2-D float [0, 1] images, as :func:`read_image` returns them."""
-        batch = torch.stack([self.transform(image) for image in images])
-        return self.probabilities(self.model(batch), calibrated)
+        return self.scores(torch.stack([self.transform(image) for image in images]), calibrated)[0]
 
     def _read(self, path: str) -> torch.Tensor | str:
         try:
@@ -149,13 +193,13 @@ class Classifier:
         :class:`Prediction` with ``error`` set and the rest go on."""
         for results in self.decoded_batches(paths, batch_size=batch_size, workers=workers):
             good = [(path, tensor) for path, tensor in results if isinstance(tensor, torch.Tensor)]
-            probabilities = {}
+            answers: dict[str, tuple[np.ndarray, float | None]] = {}
             if good:
-                with torch.inference_mode():
-                    logits = self.model(torch.stack([tensor for _, tensor in good]))
-                probabilities = dict(zip((p for p, _ in good), self.probabilities(logits, calibrated)))
+                probabilities, spread = self.scores(torch.stack([tensor for _, tensor in good]), calibrated)
+                spreads = [None] * len(good) if spread is None else [float(s) for s in spread]
+                answers = {path: (p, s) for (path, _), p, s in zip(good, probabilities, spreads)}
             for path, result in results:
                 if isinstance(result, str):
                     yield Prediction(path, None, result)
                 else:
-                    yield Prediction(path, probabilities[path])
+                    yield Prediction(path, *answers[path][:1], spread=answers[path][1])
