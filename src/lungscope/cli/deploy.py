@@ -9,7 +9,7 @@ from pathlib import Path
 from lungscope.cli.common import (
     EXIT_OK,
     EXIT_PARTIAL,
-    EXPLAIN_METHODS,
+    add_explain_methods,
     add_roi_option,
     printed_warnings,
 )
@@ -77,8 +77,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--csv", type=Path, metavar="OUT", help="write path,probability,prediction,error rows")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the rows as a JSON list")
     p.add_argument("--threshold", type=float, metavar="X", help="decision threshold (default: the model's own)")
-    p.add_argument("--explain", nargs="+", action="extend", metavar="METHOD",
-                   help=f"also write explanation figures, of {EXPLAIN_METHODS}, into --out")
+    add_explain_methods(p, "--explain", "METHOD", "also write explanation figures, of %(choices)s, into --out")
     p.add_argument("--out", type=Path, metavar="DIR", help="folder for --explain figures and --html")
     p.add_argument("--html", action="store_true", help="write OUT/index.html: the results with their figures")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
