@@ -28,6 +28,7 @@ def test_missing_folder_is_one_line_error(tmp_path: Path) -> None:
         [sys.executable, "-m", "lungscope.cli", "audit", str(tmp_path / "nowhere")],
         capture_output=True,
         text=True,
+        check=False,
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr

@@ -126,9 +126,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a run's model to ONNX or TorchScript, checked against PyTorch",
-                       description="The exported graph takes a normalised (N, 1, S, S) batch and returns logits.")
+                       description="The exported graph takes a normalised (N, 1, S, S) batch and returns logits. "
+                       "An ONNX file also carries the classes, the threshold, the calibration and the preprocessing "
+                       "as JSON in its metadata (keys lungscope.classes, .threshold, .calibration, .preprocessing).")
     p.add_argument("run", metavar="RUN_DIR", help="run folder, checkpoint, or default")
     p.add_argument("--format", choices=["onnx", "torchscript"], required=True)
+    p.add_argument("--out", type=Path, required=True, metavar="FILE", help="the file to write, e.g. model.onnx")
+    p.set_defaults(func=_cmd_export)
+
 
 VERBS = [_add_predict, _add_serve, _add_export]
 
