@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from lungscope.cli import main
+from lungscope.inference import DEFAULT_MODEL
+from lungscope.segmentation.segmenter import DEFAULT_SEGMENTER
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,3 +66,49 @@ def test_unknown_explain_method_is_refused_before_any_work(
     assert captured.out == ""
     assert "invalid choice: 'grad-cam' (choose from 'gradcam', 'guided-backprop', " in captured.err
     assert not out.exists()
+
+
+class _Crafted:
+    """Unpickled, it would make the folder ``marker``: what a checkpoint with code in it could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.mkdir, (str(self.marker),)
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lungscope.cli", *argv], capture_output=True, text=True, check=False)
+
+
+NOT_PYTORCH = "not a lungscope checkpoint (not a PyTorch archive: another kind of file, or a truncated one)"
+
+
+@pytest.mark.parametrize(("case", "verb", "reason"), [
+    ("image.jpeg", "predict", NOT_PYTORCH),
+    ("notes.txt", "predict", NOT_PYTORCH),
+    ("truncated.pt", "predict", NOT_PYTORCH),
+    ("crafted.pt", "predict", ("not a lungscope checkpoint (it holds objects other than tensors and plain values, "
+                                "refused: loading them could run code)")),
+    ("lung-unet.pt", "predict", ("a lung segmenter checkpoint (for lungscope segment --model), not a classifier "
+                                  "checkpoint")),
+    ("pneumonia.pt", "segment", ("a classifier checkpoint (for lungscope predict, evaluate, explain, features, "
+                                  "serve, export), not a lung segmenter checkpoint")),
+], ids=["jpeg", "text", "truncated", "crafted-pickle", "segmenter-to-predict", "classifier-to-segment"])
+def test_foreign_checkpoint_is_one_line_error(case: str, verb: str, reason: str, tmp_path: Path) -> None:
+    model = tmp_path / case
+    marker = tmp_path / "code-ran"
+    makers = {
+        "image.jpeg": lambda: shutil.copy(next((REPO / "samples" / "NORMAL").iterdir()), model),
+        "notes.txt": lambda: model.write_text("lr: 0.001\n"),
+        "truncated.pt": lambda: model.write_bytes(DEFAULT_MODEL.read_bytes()[:4096]),
+        "crafted.pt": lambda: torch.save({"model": _Crafted(marker)}, model),
+        "lung-unet.pt": lambda: shutil.copy(DEFAULT_SEGMENTER, model),
+        "pneumonia.pt": lambda: shutil.copy(DEFAULT_MODEL, model),
+    }
+    makers[case]()
+    result = _cli(verb, SAMPLES, "--model", str(model), "--out", str(tmp_path / "out"))
+    assert (result.returncode, result.stderr) == (1, f"lungscope {verb}: error: {model}: {reason}\n")
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists()
