@@ -137,3 +137,35 @@ def test_bad_config_is_a_config_error(tmp_path: Path) -> None:
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         TrainConfig.from_yaml(bad)
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("lr: 0.001x", "config key 'lr' must be a number, not '0.001x'"),
+    ("epochs: 2.5", "config key 'epochs' must be an integer, not 2.5"),
+    ("epochs: true", "config key 'epochs' must be an integer, not True"),
+    ("clahe: 'yes'", "config key 'clahe' must be true or false, not 'yes'"),
+    ("image_size: big", "config key 'image_size' must be an integer or null, not 'big'"),
+    ("model_options: [1]", "config key 'model_options' must be a mapping, not [1]"),
+    ("manifest: 3", "config key 'manifest' must be a string or null, not 3"),
+])
+def test_config_value_of_the_wrong_type_names_its_key(line: str, message: str, tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(line + "\n")
+    with pytest.raises(ConfigError) as error:
+        TrainConfig.from_yaml(path, out="run")
+    assert str(error.value) == message
+
+
+def test_config_takes_an_integer_for_a_number(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("lr: 1\nimage_size: null\n")
+    config = TrainConfig.from_yaml(path, out="run")
+    assert (config.lr, config.image_size) == (1, None)
+
+
+def test_cli_config_type_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("data: somewhere\nlr: 0.001x\n")
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 1
+    assert capsys.readouterr().err == "lungscope train: error: config key 'lr' must be a number, not '0.001x'\n"
+    assert not (tmp_path / "run").exists()
