@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,14 @@ def test_foreign_checkpoint_is_one_line_error(case: str, verb: str, reason: str,
     assert (result.returncode, result.stderr) == (1, f"lungscope {verb}: error: {model}: {reason}\n")
     assert not marker.exists()
     assert not (tmp_path / "out").exists()
+
+
+def test_serve_on_a_busy_port_is_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert main(["serve", "--host", "127.0.0.1", "--port", str(port)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""  # nothing announced
+    assert captured.err == f"lungscope serve: error: port {port} on 127.0.0.1 is in use; pass --port\n"

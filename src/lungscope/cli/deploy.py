@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import socket
 import sys
 from pathlib import Path
 
@@ -95,11 +97,28 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     if args.max_upload_mb <= 0:
         raise ConfigError("--max-upload-mb must be positive")
+    _check_can_listen(args.host, args.port)
     classifier = Classifier.load(args.model)
     print(f"lungscope: serving {args.model} on http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C stops")
     run_server(classifier, host=args.host, port=args.port, model_name=str(args.model),
                max_upload=int(args.max_upload_mb * 1024 * 1024))
     return EXIT_OK
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """A one-line ConfigError, before anything is announced, when the server could not bind ``host:port``."""
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as error:
+        raise ConfigError(f"--host {host}: {error.strerror}") from None
+    with socket.socket(family, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: closed connections don't count
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {port} on {host} is in use; pass --port") from None
+            raise ConfigError(f"cannot listen on {host} port {port}: {error.strerror}") from None
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
