@@ -138,3 +138,74 @@ def test_bad_config_is_a_config_error(tmp_path: Path) -> None:
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         TrainConfig.from_yaml(bad)
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("lr: 0.001x", "config key 'lr' must be a number, not '0.001x'"),
+    ("epochs: 2.5", "config key 'epochs' must be an integer, not 2.5"),
+    ("epochs: true", "config key 'epochs' must be an integer, not True"),
+    ("clahe: 'yes'", "config key 'clahe' must be true or false, not 'yes'"),
+    ("image_size: big", "config key 'image_size' must be an integer or null, not 'big'"),
+    ("model_options: [1]", "config key 'model_options' must be a mapping, not [1]"),
+    ("manifest: 3", "config key 'manifest' must be a string or null, not 3"),
+])
+def test_config_value_of_the_wrong_type_names_its_key(line: str, message: str, tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(line + "\n")
+    with pytest.raises(ConfigError) as error:
+        TrainConfig.from_yaml(path, out="run")
+    assert str(error.value) == message
+
+
+def test_config_takes_an_integer_for_a_number(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("lr: 1\nimage_size: null\n")
+    config = TrainConfig.from_yaml(path, out="run")
+    assert (config.lr, config.image_size) == (1, None)
+
+
+def test_cli_config_type_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("data: somewhere\nlr: 0.001x\n")
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 1
+    assert capsys.readouterr().err == "lungscope train: error: config key 'lr' must be a number, not '0.001x'\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_interrupt_advises_resume_only_when_there_is_a_checkpoint(
+    chest_xray: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls = {"n": 0}
+    real_epoch = trainer_module.train_one_epoch
+
+    def interrupted_first_and_third_calls(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] in (1, 3):
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train_one_epoch", interrupted_first_and_third_calls)
+    first, second = tmp_path / "first", tmp_path / "second"
+    with pytest.raises(KeyboardInterrupt):  # the first call: epoch 1 of the first run
+        train(_config(chest_xray, first, limit=80, epochs=1), progress=False)
+    out = capsys.readouterr().out
+    assert "interrupted before the first epoch was complete: no checkpoint was saved" in out
+    assert "--resume" not in out
+    assert not (first / "last.pt").exists()
+    with pytest.raises(KeyboardInterrupt):  # the third call: epoch 2 of the second run
+        train(_config(chest_xray, second, limit=80, epochs=2), progress=False)
+    assert f"interrupted after 1 complete epoch(s); continue with: lungscope train --resume --out {second}" in (
+        capsys.readouterr().out)
+    assert (second / "last.pt").is_file()
+
+
+def test_resume_drops_a_metrics_row_written_after_last_pt(chest_xray: Path, tmp_path: Path) -> None:
+    """A kill between an epoch's metrics row and its last.pt: the resumed run writes that epoch's row once."""
+    run = tmp_path / "run"
+    train(_config(chest_xray, run, limit=80, epochs=1), progress=False)
+    with (run / "metrics.csv").open("a") as handle:
+        handle.write("2,99,99,0.5,0.5,0.001,1\n3,99,")  # epoch 2's row, and a torn one: last.pt still holds epoch 1
+    train(resume_config(run, epochs=2), resume=True, progress=False)
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert metrics["epoch"].tolist() == [1, 2]
+    assert metrics["train_loss"].iloc[1] != 99

@@ -1,18 +1,51 @@
-"""Exporting a trained model to ONNX or TorchScript, checked against PyTorch on the same inputs."""
+"""Exporting a trained model to ONNX or TorchScript, checked against PyTorch on the same inputs.
+
+An ONNX file also carries what a runtime needs around the graph, as JSON strings in its ``metadata_props``:
+
+- ``lungscope.classes``: the class names, in the order of the logits.
+- ``lungscope.threshold``: the operating threshold on the calibrated probability of class 1 (null: decide by the
+  most probable class).
+- ``lungscope.calibration``: ``{"temperature": T, "bias": [b0, b1, ...] or null}``; the calibrated probabilities are
+  ``softmax(logits / T + bias)``.
+- ``lungscope.preprocessing``: ``{"image_size", "resize" ("squash" or "pad"), "clahe", "roi" ("none" or "lungs"),
+  "roi_margin", "mean", "std"}``: a [0, 1] grayscale image, cropped to the lungs (roi), equalised (clahe), resized to
+  ``image_size`` squared (antialiased bilinear), then ``(x - mean) / std``.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torchvision.transforms import v2
 
+from lungscope.data.transforms import build_augment_normalise
 from lungscope.errors import ConfigError
 from lungscope.inference import Classifier
 
 FORMATS = ("onnx", "torchscript")
+
+
+def onnx_metadata(classifier: Classifier) -> dict[str, str]:
+    """The ``metadata_props`` of an exported classifier: JSON values under the keys the module docstring lists."""
+    normalise = next(step for step in build_augment_normalise(train=False).transforms if isinstance(step, v2.Normalize))
+    config = classifier.config
+    values: dict[str, Any] = {
+        "classes": classifier.classes,
+        "threshold": classifier.threshold,
+        "calibration": {"temperature": classifier.temperature, "bias": classifier.bias},
+        "preprocessing": {
+            "image_size": classifier.image_size, "resize": classifier.resize, "clahe": bool(config.get("clahe", False)),
+            "roi": config.get("roi", "none"), "roi_margin": config.get("roi_margin", 0.05),
+            "mean": float(normalise.mean[0]), "std": float(normalise.std[0]),
+        },
+    }
+    return {f"lungscope.{key}": json.dumps(value) for key, value in values.items()}
 
 
 def _example(classifier: Classifier, batch: int = 2) -> torch.Tensor:
@@ -26,9 +59,9 @@ def export_model(
     """Write the run's (or checkpoint's) model as ``fmt`` to ``out``; returns the largest absolute difference of its
     logits from PyTorch's on random inputs, and raises ConfigError above ``tolerance``.
 
-    The exported graph takes a normalised float32 batch ``(N, 1, S, S)`` and returns logits; preprocessing, the
-    temperature and the threshold stay in lungscope (they are in ``best.pt`` and ``calibration.json``). A model trained
-    with ``roi: lungs`` expects lung-cropped inputs, a crop the graph does not contain: a warning says so.
+    The exported graph takes a normalised float32 batch ``(N, 1, S, S)`` and returns logits; an ONNX file records the
+    preprocessing, the calibration and the threshold in its metadata (see the module docstring). A model trained with
+    ``roi: lungs`` expects lung-cropped inputs, a crop the graph does not contain: a warning says so.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -54,6 +87,7 @@ def export_model(
             model, (example,), str(out), input_names=["image"], output_names=["logits"],
             dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False,
         )
+        _add_metadata(out, onnx_metadata(classifier))
         session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         got = session.run(None, {session.get_inputs()[0].name: example.numpy()})[0]
     difference = float(np.abs(got - expected).max())
@@ -61,3 +95,12 @@ def export_model(
         raise ConfigError(f"{out}: exported outputs differ from PyTorch's by {difference:.2e} (> {tolerance:.0e})")
     return difference
 
+
+
+def _add_metadata(path: Path, metadata: dict[str, str]) -> None:
+    import onnx
+
+    graph = onnx.load(str(path))
+    for key, value in metadata.items():
+        graph.metadata_props.add(key=key, value=value)
+    onnx.save(graph, str(path))

@@ -102,7 +102,7 @@ class Classifier:
         Weights are loaded with ``weights_only=True``. ``roi`` ("none" or "lungs") replaces the region of interest
         the model was trained with (a warning says so when they differ); None keeps it."""
         path = DEFAULT_MODEL if str(source) == "default" else Path(source)
-        state = load_checkpoint(path / "best.pt" if path.is_dir() else path)
+        state = load_checkpoint(path / "best.pt" if path.is_dir() else path, kind="classifier")
         config = state["config"]
         if roi is not None:
             if roi not in ROI_CHOICES:

@@ -7,14 +7,18 @@ import contextlib
 import json
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 EXIT_OK, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse exits 2 on a usage error; lungscope keeps 2 for "some files could not be read"."""
+    """argparse exits 2 on a usage error; lungscope keeps 2 for "some files could not be read".
+
+    argparse %-formats every ``help=`` (write ``95%%``) but a ``description`` only when it holds ``%(prog)s``
+    (write ``95%``); tests/test_cli_contract.py renders every help to keep both right.
+    """
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
@@ -46,4 +50,24 @@ def add_roi_option(parser: argparse.ArgumentParser) -> None:
                         "model was trained; another choice is warned about)")
 
 
-EXPLAIN_METHODS = "gradcam, guided-backprop, guided-gradcam, deconvolution, integrated-gradients, occlusion"
+class ExplainMethods(Sequence[str]):
+    """The names of :data:`lungscope.explain.METHODS`, as argparse ``choices``: imported (with torch and Captum) only
+    when a method is given or a verb's help is shown, so that the parser itself stays fast to build."""
+
+    @staticmethod
+    def _names() -> list[str]:
+        from lungscope.explain import METHODS
+
+        return list(METHODS)
+
+    def __getitem__(self, index: int) -> str:  # type: ignore[override]
+        return self._names()[index]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+
+def add_explain_methods(parser: argparse.ArgumentParser, flag: str, metavar: str, help_text: str) -> None:
+    """``flag``: one or more explanation methods, checked against lungscope.explain's names before any work;
+    ``help_text`` may name them with ``%(choices)s``."""
+    parser.add_argument(flag, nargs="+", action="extend", choices=ExplainMethods(), metavar=metavar, help=help_text)

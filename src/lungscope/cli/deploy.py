@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import socket
 import sys
 from pathlib import Path
 
 from lungscope.cli.common import (
     EXIT_OK,
     EXIT_PARTIAL,
-    EXPLAIN_METHODS,
+    add_explain_methods,
     add_roi_option,
     printed_warnings,
 )
@@ -77,8 +79,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--csv", type=Path, metavar="OUT", help="write path,probability,prediction,error rows")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the rows as a JSON list")
     p.add_argument("--threshold", type=float, metavar="X", help="decision threshold (default: the model's own)")
-    p.add_argument("--explain", nargs="+", action="extend", metavar="METHOD",
-                   help=f"also write explanation figures, of {EXPLAIN_METHODS}, into --out")
+    add_explain_methods(p, "--explain", "METHOD", "also write explanation figures, of %(choices)s, into --out")
     p.add_argument("--out", type=Path, metavar="DIR", help="folder for --explain figures and --html")
     p.add_argument("--html", action="store_true", help="write OUT/index.html: the results with their figures")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
@@ -96,11 +97,28 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     if args.max_upload_mb <= 0:
         raise ConfigError("--max-upload-mb must be positive")
+    _check_can_listen(args.host, args.port)
     classifier = Classifier.load(args.model)
     print(f"lungscope: serving {args.model} on http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C stops")
     run_server(classifier, host=args.host, port=args.port, model_name=str(args.model),
                max_upload=int(args.max_upload_mb * 1024 * 1024), allowed_hosts=args.allowed_host)
     return EXIT_OK
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """A one-line ConfigError, before anything is announced, when the server could not bind ``host:port``."""
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as error:
+        raise ConfigError(f"--host {host}: {error.strerror}") from None
+    with socket.socket(family, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: closed connections don't count
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {port} on {host} is in use; pass --port") from None
+            raise ConfigError(f"cannot listen on {host} port {port}: {error.strerror}") from None
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -130,9 +148,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a run's model to ONNX or TorchScript, checked against PyTorch",
-                       description="The exported graph takes a normalised (N, 1, S, S) batch and returns logits.")
+                       description="The exported graph takes a normalised (N, 1, S, S) batch and returns logits. "
+                       "An ONNX file also carries the classes, the threshold, the calibration and the preprocessing "
+                       "as JSON in its metadata (keys lungscope.classes, .threshold, .calibration, .preprocessing).")
     p.add_argument("run", metavar="RUN_DIR", help="run folder, checkpoint, or default")
     p.add_argument("--format", choices=["onnx", "torchscript"], required=True)
+    p.add_argument("--out", type=Path, required=True, metavar="FILE", help="the file to write, e.g. model.onnx")
+    p.set_defaults(func=_cmd_export)
+
 
 VERBS = [_add_predict, _add_serve, _add_export]
 

@@ -37,10 +37,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "evaluate", help="metrics with patient-bootstrap 95% CIs, calibration and plots of a run on labelled data",
+        "evaluate", help="metrics with patient-bootstrap 95%% CIs, calibration and plots of a run on labelled data",
         description="Evaluate a run on a labelled folder or CSV manifest at the run's operating threshold (chosen on "
         "its validation split, never on these data) and at 0.5: accuracy, precision, recall, specificity, F1, "
-        "balanced accuracy, ROC-AUC, PR-AUC, each with a 95%% CI by bootstrap over patients; the confusion matrix; "
+        "balanced accuracy, ROC-AUC, PR-AUC, each with a 95% CI by bootstrap over patients; the confusion matrix; "
         "the expected calibration error. Unreadable files are listed and skipped (exit code 2).",
     )
     p.add_argument("run", type=Path, metavar="RUN_DIR", help="run folder (or its best.pt)")
@@ -98,9 +98,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "compare", help="runs side by side: model, options, parameters, size, metrics with 95% CIs",
+        "compare", help="runs side by side: model, options, parameters, size, metrics with 95%% CIs",
         description="Compare finished runs. With --data every run is evaluated on it (metrics at each run's operating "
-        "threshold, patient-bootstrap 95%% CIs); without, each run's validation accuracy and ROC-AUC at its best epoch "
+        "threshold, patient-bootstrap 95% CIs); without, each run's validation accuracy and ROC-AUC at its best epoch "
         "are shown (no CI; validation splits may differ between runs).",
     )
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders to compare")

@@ -8,7 +8,7 @@ from pathlib import Path
 from lungscope.cli.common import (
     EXIT_OK,
     EXIT_PARTIAL,
-    EXPLAIN_METHODS,
+    add_explain_methods,
     add_roi_option,
     printed_warnings,
     report_skipped,
@@ -39,8 +39,7 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run", type=Path, metavar="RUN_DIR", help="run folder (or its best.pt)")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files and folders")
-    p.add_argument("--method", nargs="+", action="extend", metavar="M",
-                   help=f"one or more of {EXPLAIN_METHODS} (default gradcam)")
+    add_explain_methods(p, "--method", "M", "one or more of %(choices)s (default gradcam)")
     p.add_argument("--sign", default="positive", help="positive (default), negative, absolute, or all: both signs in a "
                    "diverging colormap")
     p.add_argument("--layer", metavar="NAME", help="layer for gradcam/guided-gradcam (default: the last convolution)")
@@ -130,8 +129,7 @@ def _add_explain_check(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", help="use only the rows of this split of a manifest (e.g. test: held-out patients)")
     p.add_argument("--n", type=int, default=100, help="images drawn at random (seeded) from --data (default 100)")
     p.add_argument("--masks", type=Path, metavar="DIR", help="lung masks named as the images (1/255 = lung)")
-    p.add_argument("--method", nargs="+", action="extend", metavar="M",
-                   help=f"methods to check, of {EXPLAIN_METHODS} (default: all)")
+    add_explain_methods(p, "--method", "M", "methods to check, of %(choices)s (default: all)")
     p.add_argument("--layer", metavar="NAME", help="layer for gradcam/guided-gradcam (default: the last convolution)")
     p.add_argument("--json", type=Path, required=True, metavar="OUT", help="report to write")
     p.add_argument("--seed", type=int, default=0, help="seed of the image draw and the randomisation (default 0)")

@@ -48,7 +48,7 @@ def _add_train_head(sub: argparse._SubParsersAction) -> None:
         "train-head", help="train a dense head (and a logistic-regression baseline) on a features file",
         description="Fit our source's dense head (sigmoid hidden layers, dropout, softmax) and a scikit-learn "
         "logistic regression on standardised features from `lungscope features`: trained on the train rows, chosen "
-        "on the validation rows, measured on the test rows with patient-bootstrap 95%% CIs. Rows keep the side of "
+        "on the validation rows, measured on the test rows with patient-bootstrap 95% CIs. Rows keep the side of "
         "the backbone run's split.csv (or --manifest). Writes a run folder whose best.pt is the two-stage model "
         "(backbone + dense head) that predict, evaluate and explain take; baseline.pt holds the baseline's.",
     )

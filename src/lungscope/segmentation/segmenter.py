@@ -48,7 +48,7 @@ class LungSegmenter:
         """From a checkpoint written by :func:`lungscope.segmentation.train.train_segmenter` (or its run folder's
         ``best.pt``), or ``"default"``: the bundled lung U-Net. Loaded with ``weights_only=True``."""
         path = DEFAULT_SEGMENTER if str(source) == "default" else Path(source)
-        state = load_checkpoint(path / "best.pt" if path.is_dir() else path)
+        state = load_checkpoint(path / "best.pt" if path.is_dir() else path, kind="segmenter")
         model = create_model(state["model_name"], num_classes=1, **state.get("model_options", {}))
         model.load_state_dict(state["model"])
         return cls(model, int(state["image_size"]), {k: v for k, v in state.items() if k != "model"})

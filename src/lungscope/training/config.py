@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,30 @@ _CHOICES = {
     "roi": ROI_CHOICES,
     "normalise": NORMALISATIONS,
 }
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping",
+               list: "a list", tuple: "a list", type(None): "null"}
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` has the type an annotation declares (an int is a number; a list serves for a tuple)."""
+    origin = typing.get_origin(hint) or hint
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in typing.get_args(hint))
+    if origin is Any:
+        return True
+    if origin in (int, float):
+        kind = numbers.Integral if origin is int else numbers.Real
+        return isinstance(value, kind) and not isinstance(value, bool)
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple))
+    return not isinstance(origin, type) or isinstance(value, origin)  # e.g. Literal: left to __post_init__
+
+
+def _type_name(hint: Any) -> str:
+    """``a number``, ``an integer or null``...: what an annotation asks for, in a config file's words."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return " or ".join(_TYPE_NAMES.get(typing.get_origin(arg) or arg, str(arg)) for arg in args)
 
 
 @dataclass
@@ -75,6 +102,9 @@ class TrainConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        for key, hint in typing.get_type_hints(type(self)).items():
+            if not _fits(getattr(self, key), hint):
+                raise ConfigError(f"config key {key!r} must be {_type_name(hint)}, not {getattr(self, key)!r}")
         for key, allowed in _CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")

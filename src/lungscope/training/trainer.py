@@ -252,6 +252,8 @@ class Trainer:
         self.columns = METRIC_COLUMNS + ([LUNG_FOCUS_COLUMN] if c.lung_focus else [])
         if self.rank.is_main and not self.resume:
             metrics_path.write_text(",".join(self.columns) + "\n")
+        elif self.rank.is_main:
+            _drop_rows_after(metrics_path, state.epoch)
 
         started = time.perf_counter() - state.seconds
         bar = progress_bar(total=(c.epochs - state.epoch) * len(train_loader), desc=f"train {c.model}", unit="batch", show=self.show)
@@ -296,9 +298,12 @@ class Trainer:
                     break
         except KeyboardInterrupt:
             bar.close()
-            if self.rank.is_main:
+            if self.rank.is_main and (self.out / "last.pt").is_file():
                 print(f"\ninterrupted after {state.epoch} complete epoch(s); continue with: "
                       f"lungscope train --resume --out {self.out}")
+            elif self.rank.is_main:
+                print("\ninterrupted before the first epoch was complete: no checkpoint was saved, so there is "
+                      "nothing to resume; run the same command again to start over")
             raise
         bar.close()
         summary = None
@@ -371,6 +376,17 @@ class Trainer:
                 if int(row["epoch"]) == best_epoch:
                     return float(row["val_auc"])
         return math.nan
+
+
+def _drop_rows_after(metrics_path: Path, epoch: int) -> None:
+    """Keep the rows of epochs up to ``epoch``, the one ``last.pt`` holds. A kill after an epoch's row was written but
+    before its ``last.pt`` leaves a row (perhaps a torn one) that the resumed run writes again."""
+    header, *rows = metrics_path.read_text().splitlines(keepends=True)
+    kept = [row for row in rows if row.endswith("\n") and int(row.split(",", 1)[0]) <= epoch]
+    if kept != rows:
+        tmp = metrics_path.with_suffix(".csv.tmp")
+        tmp.write_text(header + "".join(kept))
+        tmp.replace(metrics_path)
 
 
 def _fmt(value: float) -> str:
