@@ -6,9 +6,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from lungscope.cli import main
 from lungscope.data.io import read_image
 from lungscope.errors import ConfigError, DatasetError
 from lungscope.inference import TTA_VIEWS, Classifier, tta_views
@@ -75,7 +77,7 @@ def test_tta_views_and_the_averaged_answer(quick_run: Path, site_folder: Path) -
     paths = [str(p) for p in sorted((site_folder / "PNEUMONIA").iterdir())[:3]]
     single = list(classifier.predict_files(paths))
     assert all(p.spread is None for p in single)
-    classifier.tta = 3
+    classifier.set_tta(3)
     averaged = list(classifier.predict_files(paths))
     inputs = torch.stack([classifier.transform(read_image(p).pixels) for p in paths])
     with torch.inference_mode():
@@ -102,3 +104,26 @@ def test_an_ensemble_averages_its_members(quick_run: Path, site_folder: Path) ->
     other.image_size = 32
     with pytest.raises(ConfigError, match="ensemble members must share"):
         one.add_members([other])
+
+
+def test_calibrate_then_predict_and_evaluate_with_the_site(
+    quick_run: Path, site_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LUNGSCOPE_SITES", str(tmp_path / "sites"))
+    assert main(["calibrate", str(quick_run), "--data", str(site_folder), "--site", "north", "--resamples", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "site north: 60 images" in out and "out of fold" in out and "use it with --site north" in out
+    threshold = load_site("north", quick_run)["operating_point"]["threshold_calibrated"]
+    csv = tmp_path / "rows.csv"
+    paths = [str(p) for p in sorted((site_folder / "NORMAL").iterdir())[:4]]
+    assert main(["predict", *paths, "--model", str(quick_run), "--site", "north", "--tta", "3", "--csv", str(csv)]) == 0
+    rows = pd.read_csv(csv)
+    assert list(rows.columns) == ["path", "probability", "prediction", "error", "uncertainty"]
+    assert ((rows["probability"] >= threshold) == (rows["prediction"] == "PNEUMONIA")).all()
+    assert (rows["uncertainty"] > 0).all()
+    assert main(["evaluate", str(quick_run), "--data", str(site_folder), "--site", "north", "--resamples", "50"]) == 0
+    assert main(["predict", paths[0], "--model", str(quick_run), "--tta", "9"]) == 1
+    assert "1 to 6 views" in capsys.readouterr().err
+    assert main(["calibrate", str(quick_run), "--site", "north"]) == 1
+    assert "needs both --data" in capsys.readouterr().err

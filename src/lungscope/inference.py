@@ -135,6 +135,12 @@ class Classifier:
             return (probabilities[:, 1] >= self.threshold).astype(np.int64)
         return probabilities.argmax(axis=1)
 
+    def set_tta(self, views: int) -> None:
+        """Average ``views`` test-time views of each image (1: off); see :func:`tta_views`."""
+        if isinstance(views, bool) or not isinstance(views, int) or not 1 <= views <= TTA_VIEWS:
+            raise ConfigError(f"test-time augmentation takes 1 to {TTA_VIEWS} views, not {views!r}")
+        self.tta = views
+
     def add_members(self, others: Sequence[Classifier]) -> None:
         """Make this an ensemble: ``others`` (with the same classes and preprocessing) answer beside this model;
         each member's calibrated probabilities are averaged and the decision threshold is the members' mean."""
@@ -145,6 +151,8 @@ class Classifier:
         self.members = [*self.members, *others]
         if self.threshold is not None:
             self.threshold = float(np.mean([self.threshold] + [m.threshold for m in others]))
+        if self.raw_threshold is not None:
+            self.raw_threshold = float(np.mean([self.raw_threshold] + [m.raw_threshold for m in others]))
 
     @torch.inference_mode()
     def scores(self, batch: torch.Tensor, calibrated: bool = True) -> tuple[np.ndarray, np.ndarray | None]:

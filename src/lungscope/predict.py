@@ -17,6 +17,7 @@ from lungscope.inference import Classifier, Prediction
 from lungscope.progress import progress_bar
 
 CSV_COLUMNS = ["path", "probability", "prediction", "error"]
+UNCERTAINTY = "uncertainty"  # with test-time augmentation or an ensemble: the spread of the probability across them
 
 
 def collect_inputs(items: Sequence[str | os.PathLike[str]]) -> tuple[list[str], list[dict[str, str]]]:
@@ -66,7 +67,10 @@ def _row(prediction: Prediction, classifier: Classifier, threshold: float | None
     else:
         probability = float(probabilities.max())
         label = classifier.classes[int(probabilities.argmax())]
-    return {"path": prediction.path, "probability": round(probability, 6), "prediction": label, "error": None}
+    row = {"path": prediction.path, "probability": round(probability, 6), "prediction": label, "error": None}
+    if prediction.spread is not None:
+        row[UNCERTAINTY] = round(prediction.spread, 6)
+    return row
 
 
 def resolve_threshold(classifier: Classifier, threshold: float | None) -> float | None:
@@ -126,7 +130,8 @@ def predict_to_files(
         if csv_path is not None:
             Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
             handle = open(csv_path, "w", newline="")  # noqa: SIM115 - closed in finally, flushed per row
-            writer = csv.DictWriter(handle, CSV_COLUMNS)
+            several = classifier.tta > 1 or bool(classifier.members)
+            writer = csv.DictWriter(handle, CSV_COLUMNS + [UNCERTAINTY] * several)
             writer.writeheader()
         for row in predict_rows(classifier, inputs, **options):
             run.rows.append(row)

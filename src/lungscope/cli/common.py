@@ -9,6 +9,7 @@ import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 EXIT_OK, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -42,6 +43,30 @@ def report_skipped(verb: str, failures: list[dict[str, str]]) -> None:
     """One ``lungscope VERB: skipped PATH: REASON`` line on stderr per file that could not be used."""
     for failure in failures:
         print(f"lungscope {verb}: skipped {failure['path']}: {failure['error']}", file=sys.stderr)
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """``--site``, ``--tta``, ``--ensemble``: how a verb that answers with a model's probabilities builds it."""
+    parser.add_argument("--site", metavar="NAME", help="use the operating point fitted for this site by "
+                        "`lungscope calibrate MODEL --data DIR --site NAME` (default: the model's own)")
+    parser.add_argument("--tta", type=int, default=1, metavar="N",
+                        help="test-time augmentation: average N views of each image (default 1: off; at most "
+                        "lungscope.inference.TTA_VIEWS); the spread across views is reported as the answer's uncertainty")
+    parser.add_argument("--ensemble", nargs="+", default=[], metavar="MODEL", help="further models (same classes "
+                        "and preprocessing) whose calibrated probabilities are averaged with the model's")
+
+
+def load_model(args: argparse.Namespace, source: object) -> Any:
+    """The Classifier a verb answers with: ``source`` with ``--roi``, ``--site``, ``--tta`` and ``--ensemble``."""
+    from lungscope.sites import load_classifier
+
+    with printed_warnings(args.verb):
+        roi = getattr(args, "roi", None)
+        classifier = load_classifier(source, site=args.site, roi=roi)
+        classifier.set_tta(args.tta)
+        if args.ensemble:
+            classifier.add_members([load_classifier(m, site=args.site, roi=roi) for m in args.ensemble])
+    return classifier
 
 
 def add_roi_option(parser: argparse.ArgumentParser) -> None:

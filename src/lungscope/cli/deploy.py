@@ -12,29 +12,30 @@ from lungscope.cli.common import (
     EXIT_OK,
     EXIT_PARTIAL,
     add_explain_methods,
+    add_model_options,
     add_roi_option,
+    load_model,
     printed_warnings,
 )
 from lungscope.errors import ConfigError
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from lungscope.inference import Classifier
     from lungscope.predict import predict_to_files, write_results_page
 
     if args.engine == "spark":
         return _predict_on_spark(args)
     if (args.explain or args.html) and args.out is None:
         raise ConfigError("--explain and --html need --out DIR for the figures and the page")
-    with printed_warnings(args.verb):
-        classifier = Classifier.load(args.model, roi=args.roi)
+    classifier = load_model(args, args.model)
     run = predict_to_files(
         classifier, args.paths, csv_path=args.csv, json_path=args.json, threshold=args.threshold,
         batch_size=args.batch_size, workers=args.workers,
     )
     if args.csv is None and args.json is None:
         for row in run.rows:
-            print(f"{row['path']}: " + (row["error"] or f"{row['prediction']} (p = {row['probability']:.3f})"))
+            spread = f" +- {row['uncertainty']:.3f}" if "uncertainty" in row else ""
+            print(f"{row['path']}: " + (row["error"] or f"{row['prediction']} (p = {row['probability']:.3f}{spread})"))
     figures: dict[str, str] = {}
     if args.explain:
         from lungscope.explain.files import explain_files, unique_stems
@@ -85,6 +86,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
     p.add_argument("--workers", type=int, help="decoding threads (default: one per core)")
     add_roi_option(p)
+    add_model_options(p)
     p.add_argument("--engine", choices=["local", "spark"], default="local",
                    help="local (default) or spark: a Spark job writes the --csv rows, for archives")
     p.add_argument("--spark-master", default="local[*]", metavar="URL", help="Spark master (default local[*])")
@@ -92,13 +94,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from lungscope.inference import Classifier
     from lungscope.serve.app import run_server
 
     if args.max_upload_mb <= 0:
         raise ConfigError("--max-upload-mb must be positive")
     _check_can_listen(args.host, args.port)
-    classifier = Classifier.load(args.model)
+    classifier = load_model(args, args.model)
     print(f"lungscope: serving {args.model} on http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C stops")
     run_server(classifier, host=args.host, port=args.port, model_name=str(args.model),
                max_upload=int(args.max_upload_mb * 1024 * 1024), allowed_hosts=args.allowed_host)
@@ -131,6 +132,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="larger uploads get 413 (default 50)")
+    add_model_options(p)
     p.add_argument("--allowed-host", action="append", metavar="NAME",
                    help="a Host name the server answers, repeatable (default: --host, localhost and 127.0.0.1); "
                    "other Host headers get 400, which stops DNS-rebinding pages")

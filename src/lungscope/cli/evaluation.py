@@ -6,16 +6,25 @@ import argparse
 import json
 from pathlib import Path
 
-from lungscope.cli.common import EXIT_OK, EXIT_PARTIAL, add_roi_option, printed_warnings
+from lungscope.cli.common import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    add_model_options,
+    add_roi_option,
+    load_model,
+    printed_warnings,
+)
+from lungscope.errors import ConfigError
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from lungscope.evaluation.evaluate import evaluate_run
 
+    classifier = load_model(args, args.run)
     with printed_warnings(args.verb):
         evaluation = evaluate_run(args.run, args.data, labels=args.labels, split=args.split,
                                   calibrated=args.calibrated, n_resamples=args.resamples, seed=args.seed,
-                                  batch_size=args.batch_size, roi=args.roi)
+                                  batch_size=args.batch_size, roi=args.roi, classifier=classifier)
     print(evaluation.format())
     written = []
     if args.predictions:
@@ -58,24 +67,48 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     add_roi_option(p)
+    add_model_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from lungscope.evaluation.operating import calibrate_run
+    if (args.data is None) != (args.site is None):
+        raise ConfigError("site calibration needs both --data LABELLED_DIR and --site NAME")
+    if args.site is None:
+        from lungscope.evaluation.operating import calibrate_run
 
-    point = calibrate_run(args.run, target_sensitivity=args.target_sensitivity, calibration=args.calibration)
-    print(json.dumps(point, indent=2))
+        point = calibrate_run(args.run, target_sensitivity=args.target_sensitivity, calibration=args.calibration)
+        print(json.dumps(point, indent=2))
+        return EXIT_OK
+    from lungscope.evaluation.formatting import format_ci, format_probability
+    from lungscope.sites import calibrate_site
+
+    record = calibrate_site(args.run, args.data, args.site, target_sensitivity=args.target_sensitivity,
+                            calibration=args.calibration, n_resamples=args.resamples)
+    print(f"site {args.site}: {record['n_images']} images of {record['n_patients']} patients "
+          f"({', '.join(f'{n} {k}' for k, n in record['n_per_class'].items())})")
+    for name, key in (("the model's own operating point", "stored_operating_point"),
+                      ("the site's operating point (out of fold)", "out_of_fold")):
+        rates = record[key]
+        print(f"  {name}: " + ", ".join(f"{rate} {format_ci(*rates[rate])}" for rate in ("sensitivity", "specificity")))
+    print(f"  threshold {format_probability(record['operating_point']['threshold_calibrated'])} on the site-calibrated "
+          f"probability; saved to {record['path']}; use it with --site {args.site}")
     return EXIT_OK
 
 
 def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "calibrate", help="refit a run's temperature and operating threshold on its validation split",
-        description="Refit the temperature and the operating threshold of a finished run on its validation split "
-        "and store them in the run (calibration.json and best.pt).",
+        "calibrate", help="fit a model's operating point on a site's own labelled X-rays (or refit it on validation)",
+        description="With --data and --site: fit the calibration and threshold of a model (run folder, checkpoint or "
+        "default) on a hospital's own labelled images, grouped by patient, and save them as that site's operating "
+        "point for --site NAME in predict, serve and evaluate; prints the sensitivity and specificity (95% CI, "
+        "patient bootstrap) that the refitted rule gives on held-out folds of those patients, beside the model's own. "
+        "Without them: refit a run's operating point on its validation split and store it in the run.",
     )
-    p.add_argument("run", type=Path, metavar="RUN_DIR", help="run folder")
+    p.add_argument("run", metavar="MODEL", help="run folder (or checkpoint, or default with --site)")
+    p.add_argument("--data", type=Path, help="the site's labelled folder or CSV manifest")
+    p.add_argument("--site", metavar="NAME", help="the site's name (letters, digits, '.', '_', '-')")
+    p.add_argument("--resamples", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
     p.add_argument("--target-sensitivity", type=float, metavar="X",
                    help="the most specific threshold reaching this validation sensitivity (default: Youden's J)")
     p.add_argument("--calibration", choices=["temperature", "temperature+bias"], default="temperature+bias",

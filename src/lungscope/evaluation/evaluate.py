@@ -166,6 +166,7 @@ def evaluate_run(
     batch_size: int = 32,
     progress: bool | None = None,
     roi: str | None = None,
+    classifier: Classifier | None = None,
 ) -> Evaluation:
     """Predict every image of ``data`` (a folder or CSV manifest, rows of ``split`` only if given) with the run in
     ``run_dir`` (a run folder or a ``best.pt``) and measure it.
@@ -174,9 +175,12 @@ def evaluate_run(
     ``calibrated``; both make the same calls) and are also measured at 0.5; multi-class runs decide by the largest
     probability. Every metric carries a 95% interval from ``n_resamples`` bootstrap resamples of patients.
     Unreadable files are reported under ``unreadable`` and left out. ``roi``: see :meth:`Classifier.load`.
+    ``classifier``: the run already loaded (e.g. with a site's operating point, test-time augmentation or ensemble
+    members), instead of loading ``run_dir``.
     """
     run_dir = Path(run_dir)
-    classifier = Classifier.load(run_dir, roi=roi)
+    if classifier is None:
+        classifier = Classifier.load(run_dir, roi=roi)
     scheme = _scheme(classifier, labels)
     frame, skipped = _images(data, scheme, split)
     paths = frame["path"].tolist()

@@ -27,3 +27,8 @@ def describe_calibration(calibration: dict[str, Any]) -> str:
         return f"temperature scaling (T = {calibration['temperature']:.3f})"
     bias = ", ".join(f"{b:.3f}" for b in calibration["bias"])
     return f"temperature and bias calibration (T = {calibration['temperature']:.3f}, bias per class [{bias}])"
+
+
+def format_ci(value: float, low: float, high: float, decimals: int = 3) -> str:
+    """A value and its 95% interval: ``0.912 (0.880-0.940)``."""
+    return f"{value:.{decimals}f} ({low:.{decimals}f}-{high:.{decimals}f})"

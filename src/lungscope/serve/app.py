@@ -173,12 +173,16 @@ def create_app(
     def predict(file: Annotated[UploadFile, File()]) -> dict[str, object]:
         """Calibrated probability of the positive class and the decision at the model's threshold."""
         with uploaded(file) as xray:
-            probabilities = classifier.predict_arrays([xray.pixels])[0]
+            scores, spread = classifier.scores(classifier.transform(xray.pixels)[None])
+        probabilities = scores[0]
         decision = classifier.classes[int(classifier.decide(probabilities[None])[0])]
         if len(classifier.classes) == 2:
             probability = float(probabilities[1])
-            return {"probability": probability, "prediction": decision, "threshold": classifier.threshold,
-                    "model": model_name}
+            answer = {"probability": probability, "prediction": decision, "threshold": classifier.threshold,
+                      "model": model_name}
+            if spread is not None:  # test-time augmentation or an ensemble: the answer's uncertainty
+                answer["uncertainty"] = float(spread[0])
+            return answer
         best = int(probabilities.argmax())  # a multi-class model: the probability of the class it calls
         return {"probability": float(probabilities[best]), "prediction": decision, "threshold": None,
                 "model": model_name, "probabilities": dict(zip(classifier.classes, map(float, probabilities)))}
