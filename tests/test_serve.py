@@ -22,6 +22,7 @@ from PIL import Image
 
 from lungscope.cli import main
 from lungscope.data.io import read_image
+from lungscope.evaluation.formatting import format_probability
 from lungscope.inference import Classifier
 from lungscope.serve import create_app
 from lungscope.serve.app import default_allowed_hosts, display_name
@@ -124,11 +125,13 @@ def test_page_end_to_end_in_chromium(server: str, chromium, tmp_path: Path) -> N
     try:
         page.goto(server + "/")
         page.wait_for_function("document.querySelectorAll('#method option').length > 0")
+        for value in (0.5, 0.123456, 0.9997, 0.99940, 1e-9, 1 - 1e-9, 0.0, 1.0):  # the page writes as Python does
+            assert page.evaluate(f"formatProbability({value!r})") == format_probability(value)
         page.set_input_files("#files", [str(SAMPLE), str(REPO / "samples" / "NORMAL" / "IM-0133-0001.jpeg")])
         page.wait_for_function("document.querySelectorAll('#worklist li .prob').length === 2 && "
-                               "[...document.querySelectorAll('#worklist li .prob')].every(e => e.textContent.endsWith('%'))")
+                               "[...document.querySelectorAll('#worklist li .prob')].every(e => /^[0-9.]+$/.test(e.textContent))")
         page.wait_for_function("document.getElementById('heat').naturalWidth > 0", timeout=60_000)
-        probabilities = [float(t.rstrip("%")) for t in page.locator("#worklist li .prob").all_text_contents()]
+        probabilities = [float(t) for t in page.locator("#worklist li .prob").all_text_contents()]
         assert probabilities == sorted(probabilities, reverse=True)  # the worklist puts the likeliest first
         assert "PNEUMONIA" in page.locator("#verdict").text_content() or "NORMAL" in page.locator("#verdict").text_content()
         page.locator("#opacity").fill("0.8")
@@ -259,6 +262,6 @@ def test_page_states_in_chromium(server: str, chromium, tmp_path: Path) -> None:
         assert page.evaluate(_VISIBLE_IMAGES) == []
         assert page.evaluate("[...document.images].map(i => i.getAttribute('src'))") == [None, None]
         assert page.text_content("#verdict").startswith("notes.png: 415: notes.png: not an image")
-        assert "%" not in page.text_content("#verdict")  # none of the previous patient's numbers
+        assert "p = " not in page.text_content("#verdict")  # none of the previous patient's numbers
     finally:
         page.close()
