@@ -17,7 +17,12 @@ import pytest
 from PIL import Image, PngImagePlugin
 from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import (
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    RLELossless,
+    generate_uid,
+)
 
 from lungscope.data.io import (
     IMAGE_SUFFIXES,

@@ -129,9 +129,14 @@ class XRay:
     meta: dict[str, object]
 
 
+# How entry_problem's reasons (and the folder walker's "permission denied") begin: what cannot even be opened.
+UNOPENABLE = ("file not found", "broken symlink", "symlink loop", "cannot open", "not a regular file",
+              "permission denied")
+
+
 def entry_problem(path: str | PathLike[str]) -> str | None:
-    """Why ``path`` cannot be read as a file without opening it (missing, broken symlink, symlink loop, a folder,
-    not a regular file, no permission), or None for a regular file. A FIFO or device is never opened."""
+    """Why ``path`` cannot be read as a file, found without opening it (missing, broken symlink, symlink loop, not a
+    regular file, no access; a folder), or None for a regular file. A FIFO or device is never opened."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -147,6 +152,12 @@ def entry_problem(path: str | PathLike[str]) -> str | None:
     return None
 
 
+def named_like_image(path: str | PathLike[str]) -> bool:
+    """A supported suffix, no suffix or a UID-like numeric one (DICOM files are often named so)."""
+    suffix = Path(path).suffix.lower()
+    return suffix in IMAGE_SUFFIXES or not suffix or suffix[1:].isdigit()
+
+
 def sniff_format(path: str | PathLike[str]) -> str | None:
     """Return the format named by the file's magic bytes, or None if unknown, unreadable or not a regular file."""
     if entry_problem(path) is not None:
@@ -160,11 +171,8 @@ def sniff_format(path: str | PathLike[str]) -> str | None:
 
 def is_image_candidate(path: str | PathLike[str]) -> bool:
     """True for a supported suffix, or for a DICOM file (by content) with no suffix or a UID-like name."""
-    suffix = Path(path).suffix.lower()
-    if suffix in IMAGE_SUFFIXES:
-        return True
     # DICOM files often have no suffix, or are named by a UID such as "1.2.840.113619.2.55.7" (suffix ".7").
-    return (not suffix or suffix[1:].isdigit()) and sniff_format(path) == "DICOM"
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES or (named_like_image(path) and sniff_format(path) == "DICOM")
 
 
 def read_header(path: str | PathLike[str], *, max_pixels: int = MAX_PIXELS) -> ImageInfo:
