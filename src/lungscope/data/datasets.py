@@ -99,10 +99,10 @@ def find_images(root: str | os.PathLike[str]) -> tuple[list[Path], Skipped]:
                 continue
             if entry.is_symlink() and (problem := _outside(path, tree)):
                 skipped.append({"path": str(path), "error": problem})
-            elif entry.is_dir():
+            elif os.path.isdir(path):  # os.path, unlike DirEntry, answers False for a symlink loop
                 if not entry.is_symlink():
                     folders.append(path)
-            elif not entry.is_file():  # broken link, link loop, FIFO, socket, device: reported, never opened
+            elif not os.path.isfile(path):  # broken link, link loop, FIFO, socket, device: reported, never opened
                 if named_like_image(path):
                     skipped.append({"path": str(path), "error": entry_problem(path) or "not a regular file"})
             elif is_image_candidate(path):

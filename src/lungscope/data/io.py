@@ -30,7 +30,7 @@ Working size: ``read_image`` returns at most :data:`WORKING_SIDE` pixels on the 
 (``pixels.shape == (info.height, info.width)`` for smaller images; ``meta["downscaled_from"]`` says when it
 was reduced). Memory follows what is decoded, not what a header declares: a JPEG is decoded at a reduced
 DCT scale (Pillow's ``draft``), other formats are decoded, brought to grey and reduced (Pillow's
-``thumbnail``, OpenCV's area resize for DICOM) while still 8/16-bit integers, and only then turned into
+``resize`` with ``reducing_gap``, OpenCV's area resize for DICOM) while still 8/16-bit integers, and only then turned into
 float32. A JPEG whose compressed data is too small to hold its declared size (under one byte per
 :data:`_JPEG_PIXELS_PER_BYTE` pixels) is refused as truncated: libjpeg would fill the missing part with
 grey without an error.
@@ -375,7 +375,8 @@ def _read_raster(path: Path, fmt: str, max_pixels: int) -> XRay:
             meta["frames"] = f"first of {frames} used"
         grey = im if im.mode.startswith("I;16") or im.mode in ("I", "F") else im.convert("L")
         top = _grey_top(grey, info.bit_depth)  # from the full image, before reducing averages values
-        grey.thumbnail(_working_shape(grey.height, grey.width)[::-1], Image.Resampling.BOX)
+        if (target := _working_shape(*size[::-1])[::-1]) != grey.size:  # from the file's size: a draft rounds
+            grey = grey.resize(target, Image.Resampling.BOX, reducing_gap=2.0)  # integer reduce() first, then box
         if orientation != 1:
             grey = grey.transpose(_UPRIGHT[orientation])
             meta["exif_orientation"] = orientation
@@ -435,8 +436,9 @@ def _inflated_dicom(path: Path, meta: Dataset, max_pixels: int) -> tuple[Dataset
         compressed = f.read()
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     head = inflater.decompress(compressed, _DEFLATED_HEADER_BYTES)
-    with _warnings_filtered("ignore", message="End of file reached", category=UserWarning):  # head ends mid-way
-        header = read_dataset(BytesIO(head), False, True, stop_when=lambda tag, *_: tag.group > 0x0028)
+    # Stops before the first element past the image pixel module (group 0028); a header that does not fit in
+    # _DEFLATED_HEADER_BYTES ends inside an element, which _dicom_header's filter makes an error.
+    header = read_dataset(BytesIO(head), False, True, stop_when=lambda tag, *_: tag.group > 0x0028)
     rows, columns, frames = int(header.get("Rows") or 0), int(header.get("Columns") or 0), _frames(header)
     if not rows or not columns:
         raise ImageReadError(path, "corrupt or unreadable: deflated DICOM without Rows/Columns in its first "
