@@ -22,8 +22,8 @@ from lungscope.models import (
     last_conv_layer,
     list_models,
     register_model,
+    registry,
 )
-from lungscope.models import registry
 
 # name: (input size, family, last conv (Grad-CAM's default layer), classifier head)
 EXPECTED = {
