@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--model", default="default")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "predict.md")
     args = parser.parse_args()
 
     frame = scan_dataset(args.data).sample(n=args.n, random_state=0)
@@ -62,8 +63,8 @@ def main() -> None:
         f"| ms per image (median) | {1000 / median:.2f} |",
     ]) + "\n"
     print(text)
-    (REPO / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)
-    (REPO / "benchmarks" / "results" / "predict.md").write_text(text)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
 
 
 if __name__ == "__main__":
