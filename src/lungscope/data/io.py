@@ -30,8 +30,8 @@ Working size: ``read_image`` returns at most :data:`WORKING_SIDE` pixels on the 
 (``pixels.shape == (info.height, info.width)`` for smaller images; ``meta["downscaled_from"]`` says when it
 was reduced). Memory follows what is decoded, not what a header declares: a JPEG is decoded at a reduced
 DCT scale (Pillow's ``draft``), other formats are decoded, brought to grey and reduced (Pillow's
-``resize`` with ``reducing_gap``, OpenCV's area resize for DICOM) while still 8/16-bit integers, and only then turned into
-float32. A JPEG whose compressed data is too small to hold its declared size (under one byte per
+``resize`` with ``reducing_gap``, OpenCV's area resize for DICOM) while still 8/16-bit integers, and only then
+turned into float32. A JPEG whose compressed data is too small to hold its declared size (under one byte per
 :data:`_JPEG_PIXELS_PER_BYTE` pixels) is refused as truncated: libjpeg would fill the missing part with
 grey without an error.
 

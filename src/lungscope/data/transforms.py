@@ -1,7 +1,8 @@
 """Preprocessing and augmentation of chest X-rays, and class balancing for training.
 
 Every pipeline takes the 2-D float32 array in [0, 1] that :func:`lungscope.data.io.read_image` returns and gives a
-float32 tensor ``(channels, S, S)``: to tensor -> (lung crop) -> (CLAHE) -> resize -> (augment) -> normalise -> repeat channels.
+float32 tensor ``(channels, S, S)``: to tensor -> (lung crop) -> (CLAHE) -> resize -> (augment) -> normalise ->
+repeat channels.
 Random steps use torchvision.transforms.v2, hence torch's RNG: ``torch.manual_seed`` makes them reproducible.
 """
 

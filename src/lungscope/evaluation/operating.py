@@ -61,7 +61,9 @@ def operating_point(
         positive = probabilities[:, 1] >= threshold
         point.update(
             threshold=threshold,
-            threshold_calibrated=float(apply_temperature(np.array([[1 - threshold, threshold]]), temperature, bias)[0, 1]),
+            threshold_calibrated=float(
+                apply_temperature(np.array([[1 - threshold, threshold]]), temperature, bias)[0, 1]
+            ),
             rule="youden" if target_sensitivity is None else "target_sensitivity",
             val_sensitivity=float(positive[labels == 1].mean()),
             val_specificity=float((~positive[labels == 0]).mean()),

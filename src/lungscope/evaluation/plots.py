@@ -87,7 +87,8 @@ def confusion_figure(evaluation: Evaluation) -> Figure:
     ax = fig.add_subplot()
     matrix = np.asarray(evaluation.report["confusion_matrix"])
     ConfusionMatrixDisplay(matrix, display_labels=evaluation.classes).plot(ax=ax, colorbar=False, values_format="d")
-    rule = "largest probability" if evaluation.threshold is None else f"threshold {format_probability(evaluation.threshold)}"
+    rule = ("largest probability" if evaluation.threshold is None
+            else f"threshold {format_probability(evaluation.threshold)}")
     ax.set_title(f"confusion matrix ({rule})")
     return fig
 
@@ -101,7 +102,8 @@ def reliability_figure(evaluation: Evaluation) -> Figure:
     raw = evaluation.raw_probabilities
     for name, probabilities, ece in (
         ("uncalibrated", raw, calibration["ece_uncalibrated"]),
-        (f"temperature {calibration['temperature']:.2f}", apply_temperature(raw, calibration["temperature"], calibration.get("bias")),
+        (f"temperature {calibration['temperature']:.2f}",
+         apply_temperature(raw, calibration["temperature"], calibration.get("bias")),
          calibration["ece_calibrated"]),
     ):
         table = reliability(probabilities, evaluation.targets)

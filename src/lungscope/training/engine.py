@@ -87,7 +87,9 @@ def predict(
     return torch.cat(probabilities).numpy(), torch.cat(labels).numpy()
 
 
-def validation_metrics(probabilities: np.ndarray, labels: np.ndarray, weight: torch.Tensor | None = None) -> dict[str, float]:
+def validation_metrics(
+    probabilities: np.ndarray, labels: np.ndarray, weight: torch.Tensor | None = None
+) -> dict[str, float]:
     """Loss (cross-entropy, class-weighted like training when ``weight`` is given), accuracy and ROC-AUC
     (one-vs-rest macro mean for more than two classes; NaN when a class is missing)."""
     log_p = torch.log(torch.from_numpy(probabilities).clamp_min(1e-12))

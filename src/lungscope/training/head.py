@@ -115,7 +115,9 @@ def _layer_option(layer: str, backbone: str, options: dict[str, Any]) -> str | N
     with torch.device("meta"):
         final = named_classifier_head(create_model(backbone, **options))[0]
     if layer != f"{final}:input":
-        raise ConfigError(f"features taken at {layer!r}: only the input of the final Linear ({final}:input) is supported")
+        raise ConfigError(
+            f"features taken at {layer!r}: only the input of the final Linear ({final}:input) is supported"
+        )
     return None
 
 

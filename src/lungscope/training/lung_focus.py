@@ -6,8 +6,9 @@ The Grad-CAM of each class is computed as :mod:`lungscope.explain` computes it (
 gradient weights the layer's maps), but with ``create_graph=True``, so the fraction of its absolute mass outside the
 lung mask can be minimised with the loss. Absolute, not positive: a share of the positive part alone is minimised
 by a map with no positive values at all (measured: a run so trained drove it to 1e-6 and explained every X-ray
-with an all-negative map), while the share of |map| can only fall by moving the evidence into the lungs. On ``cxr-resnet`` the gradient runs through the linear head
-only, so the penalty costs little beside the forward and backward passes.
+with an all-negative map), while the share of |map| can only fall by moving the evidence into the lungs. On
+``cxr-resnet`` the gradient runs through the linear head only, so the penalty costs little beside the forward and
+backward passes.
 """
 
 from __future__ import annotations
