@@ -9,7 +9,9 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+import numpy as np
 
 from lungscope.data.datasets import find_images
 from lungscope.data.io import entry_problem
@@ -69,7 +71,7 @@ class PredictionRun:
 def _row(prediction: Prediction, classifier: Classifier, threshold: float | None) -> dict[str, Any]:
     if prediction.error is not None:
         return {"path": prediction.path, "probability": None, "prediction": None, "error": prediction.error}
-    probabilities = prediction.probabilities
+    probabilities = cast(np.ndarray, prediction.probabilities)  # set when there is no error
     if len(classifier.classes) == 2 and threshold is not None:
         probability = float(probabilities[1])
         label = classifier.classes[int(probability >= threshold)]

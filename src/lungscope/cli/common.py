@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -57,7 +58,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         "and preprocessing) whose calibrated probabilities are averaged with the model's")
 
 
-def load_model(args: argparse.Namespace, source: object) -> Any:
+def load_model(args: argparse.Namespace, source: str | os.PathLike[str]) -> Any:
     """The Classifier a verb answers with: ``source`` with ``--roi``, ``--site``, ``--tta`` and ``--ensemble``."""
     from lungscope.sites import load_classifier
 

@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -195,7 +195,7 @@ def evaluate_run(
     if not scored.any():
         raise DatasetError(f"{data}: none of the {len(paths)} images could be read, e.g. {unreadable[-1]['path']}")
     frame = frame[scored].reset_index(drop=True)
-    raw = np.stack([p.probabilities for p in predictions if p.error is None])
+    raw = np.stack([cast(np.ndarray, p.probabilities) for p in predictions if p.error is None])
     classes = classifier.classes
     targets = frame["label"].map(classes.index).to_numpy(np.int64)
     patients = frame["patient_id"].to_numpy()

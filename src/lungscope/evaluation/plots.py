@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -40,7 +41,8 @@ def _undefined(ax: Axes, truth: np.ndarray) -> bool:
 def _operating_marks(evaluation: Evaluation) -> list[tuple[str, dict, str]]:
     """(label, metrics at that threshold, marker) for the operating threshold and 0.5 of a binary run."""
     report = evaluation.report
-    return [(f"threshold {format_probability(evaluation.threshold)}", report["metrics"], "o"),
+    threshold = cast(float, evaluation.threshold)  # callers check that there is one
+    return [(f"threshold {format_probability(threshold)}", report["metrics"], "o"),
             ("threshold 0.5", report["metrics_at_0_5"], "s")]
 
 

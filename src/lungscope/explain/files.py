@@ -154,7 +154,7 @@ def explain_files(
                             continue
                         written.append(str(png))
             bar.update(len(batch))
-    np.savez_compressed(out / "maps.npz", **maps)
+    np.savez_compressed(out / "maps.npz", **maps)  # type: ignore[arg-type]  # numpy's stub types **kwds poorly
     return {"images": explained, "written": written, "maps": str(out / "maps.npz"), "failed": failed}
 
 

@@ -199,7 +199,7 @@ def predict_with_spark(
 
     with spark_session(master) as spark, _staging(csv_path) as staging:
         table = _partitions(spark, inputs, "path string, error string")
-        options = {"header": False, "quote": '"', "escape": '"', "nullValue": "", "emptyValue": "",
+        options: dict[str, Any] = {"header": False, "quote": '"', "escape": '"', "nullValue": "", "emptyValue": "",
                    "ignoreLeadingWhiteSpace": False, "ignoreTrailingWhiteSpace": False}
         task = _prediction_task(source, threshold, batch_size, workers)
         table.mapInPandas(task, PREDICTION_COLUMNS).write.options(**options).csv(str(staging))

@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator, Sequence, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import numpy as np
 import torch
@@ -103,7 +103,7 @@ def gather_rows(rows: np.ndarray) -> np.ndarray:
         return rows
     parts: list[np.ndarray | None] = [None] * dist.get_world_size()
     dist.all_gather_object(parts, rows)
-    return np.concatenate(parts)
+    return np.concatenate(cast(list[np.ndarray], parts))  # all_gather_object filled every slot
 
 
 def rank_seed(seed: int, rank: Rank) -> int:
