@@ -230,7 +230,7 @@ def evaluate_run(
         report["metrics_at_0_5"], matrix_half, _ = metrics_with_ci(probabilities, targets, patients, 0.5, **bootstrap)
         report["confusion_matrix_at_0_5"] = matrix_half.tolist()
     else:
-        report["per_class"] = dict(zip(classes, per_class))
+        report["per_class"] = dict(zip(classes, cast(list[dict[str, Any]], per_class)))  # set for multiclass
     table = reliability(probabilities, targets)
     report["calibration"] = {
         "ece": expected_calibration_error(probabilities, targets),
@@ -274,7 +274,7 @@ def format_report(report: dict[str, Any]) -> str:
     counts = ", ".join(f"{n} {c}" for c, n in report["class_counts"].items())
     lines = [f"{report['n_images']} images of {report['n_patients']} patients ({counts}); "
              f"{'calibrated' if report['calibrated'] else 'uncalibrated'} probabilities"]
-    columns = [("metric", None)]
+    columns: list[tuple[str, Any]] = [("metric", None)]
     if report["threshold"] is None:
         columns.append(("largest probability (95% CI)", report["metrics"]))
     else:

@@ -79,13 +79,14 @@ def process_group(device: torch.device) -> Iterator[tuple[Rank, torch.device]]:
             dist.destroy_process_group()
 
 
-def broadcast(value: T, rank: Rank) -> T:
-    """``value`` as rank 0 has it, on every rank (pickled: for small objects such as metrics or a summary)."""
+def broadcast(value: T | None, rank: Rank) -> T:
+    """``value`` as rank 0 has it, on every rank (pickled: for small objects such as metrics or a summary); the
+    other ranks may pass None."""
     if not rank.distributed:
-        return value
+        return cast(T, value)  # a single process is rank 0
     box = [value]
     dist.broadcast_object_list(box, src=0)
-    return box[0]
+    return cast(T, box[0])
 
 
 def sum_over_ranks(values: Sequence[float], device: torch.device) -> list[float]:

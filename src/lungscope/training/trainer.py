@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -172,7 +172,7 @@ class Trainer:
     def _scheduler(self, optimizer: torch.optim.Optimizer, epochs: int):
         c = self.config
         if c.scheduler == "plateau":
-            mode = "min" if c.monitor == "val_loss" else "max"
+            mode: Literal["min", "max"] = "min" if c.monitor == "val_loss" else "max"
             return torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode=mode, factor=c.plateau_factor, patience=c.plateau_patience
             )
