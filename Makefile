@@ -1,5 +1,6 @@
 # make install: .venv with lungscope and everything it needs (re-run only when pyproject.toml or this file changes)
-# make test:    install if needed, then the test suite
+# make lint:    install if needed, then ruff and mypy over the code
+# make test:    install if needed, then lint, then the test suite
 # make demo:    install if needed, then the main job on the bundled model and sample images
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -7,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install java browser test demo benchmarks clean
+.PHONY: install java browser lint test demo benchmarks clean
 
 install: $(STAMP) java
 
@@ -33,7 +34,12 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "note: chromium not installed (needs root and apt-get); browser tests will be skipped"; fi; }
 
-test: install browser
+# Lint: ruff (config in pyproject.toml [tool.ruff]), then mypy (files and options in [tool.mypy]).
+lint: install
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/mypy
+
+test: install browser lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The main job: the bundled model predicts the sample X-rays, explains each with Grad-CAM, writes a results page.

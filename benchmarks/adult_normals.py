@@ -54,7 +54,8 @@ def main() -> None:
     paths = sorted(p for p in args.data.iterdir() if p.stem.endswith("_0"))
     if not paths:
         raise SystemExit(f"{args.data}: no normal (_0) images")
-    lines = ["# Adult-normal specificity", "", "`python benchmarks/adult_normals.py " + " ".join(sys.argv[1:]) + "`", "",
+    lines = ["# Adult-normal specificity", "",
+             "`python benchmarks/adult_normals.py " + " ".join(sys.argv[1:]) + "`", "",
              "Fraction of normal adult X-rays called NORMAL at each model's operating threshold, 95% Wilson interval.",
              "", "| model | all | " + " | ".join(SITES.values()) + " |", "| --- |" + " --- |" * (1 + len(SITES))]
     for model in args.models:

@@ -24,7 +24,8 @@ from lungscope.inference import Classifier
 from lungscope.predict import predict_to_files
 
 REPO = Path(__file__).resolve().parents[1]
-TARGET = 100.0  # images/s: the default-model issue's target for the 224-pixel cxr-resnet (was 200 for the 64-pixel model)
+# images/s: the default-model issue's target for the 224-pixel cxr-resnet (was 200 for the 64-pixel model)
+TARGET = 100.0
 
 
 def main() -> None:
@@ -51,14 +52,16 @@ def main() -> None:
     text = "\n".join([
         "# Batch prediction throughput",
         "",
-        f"{datetime.date.today()}, torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
+        f"{datetime.date.today()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} cores, "
         f"load average before {load:.2f}. Command: `python benchmarks/predict.py --n {args.n} --model {args.model}`",
         "",
         "| quantity | value |",
         "| --- | --- |",
         f"| model | {args.model} ({classifier.config['model']} at {classifier.image_size}x{classifier.image_size}) |",
         f"| images | {args.n:,} shared JPEGs (224x224), decoding and CSV writing included |",
-        f"| images/s, median of {args.repeats} | {median:.0f} = {median / TARGET:.2f} x the {TARGET:.0f} images/s target |",
+        f"| images/s, median of {args.repeats} | {median:.0f} = {median / TARGET:.2f} x the "
+        f"{TARGET:.0f} images/s target |",
         f"| images/s, best | {best:.0f} |",
         f"| ms per image (median) | {1000 / median:.2f} |",
     ]) + "\n"

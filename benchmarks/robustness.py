@@ -97,7 +97,9 @@ def perturbed(image: np.ndarray, name: str, severity: int, seed: int) -> np.ndar
 
 
 def score(classifier: Classifier, images: list[np.ndarray], labels: np.ndarray, batch: int = 64) -> dict[str, float]:
-    probabilities = np.concatenate([classifier.predict_arrays(images[i:i + batch]) for i in range(0, len(images), batch)])
+    probabilities = np.concatenate(
+        [classifier.predict_arrays(images[i:i + batch]) for i in range(0, len(images), batch)]
+    )
     called = classifier.decide(probabilities)
     return {"auc": float(roc_auc_score(labels, probabilities[:, 1])),
             "sensitivity": float((called[labels == 1] == 1).mean()),

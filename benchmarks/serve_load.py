@@ -175,7 +175,8 @@ def main() -> None:
     mb = 1024 * 1024
     command = " ".join(["nice -n 15 python benchmarks/serve_load.py", *sys.argv[1:]])
     lines = ["# Server under load", "",
-             (f"{datetime.date.today()}, torch {version('torch')}, {os.cpu_count()} cores, load average {load_before:.2f} before and "
+             (f"{datetime.date.today()}, torch {version('torch')}, {os.cpu_count()} cores, "
+              f"load average {load_before:.2f} before and "
               f"{load_after:.2f} after (other work ran on the machine). Command: `{command}`"), "",
              (f"Each of {args.rounds} rounds: {N_PREDICT} predictions and {N_EXPLAIN} explanations "
               f"({' / '.join(METHODS)}, alternating) at once, each on its own connection, against `lungscope serve` "

@@ -60,11 +60,13 @@ def main() -> None:
         "",
         "| quantity | value |",
         "| --- | --- |",
-        f"| model | {config.model} at {config.image_size or classifier.image_size}x{config.image_size or classifier.image_size} |",
+        f"| model | {config.model} at "
+        f"{config.image_size or classifier.image_size}x{config.image_size or classifier.image_size} |",
         f"| images (train / validation, patient-grouped) | {summary['n_train']:,} / {summary['n_val']:,} "
         f"({val['patient_id'].nunique():,} validation patients) |",
         f"| epochs run (best) | {summary['epochs_run']} ({summary['best_epoch']}) |",
-        f"| wall time, decoding included | {wall:.1f} s = {wall / args.target_seconds:.2f} x the {args.target_seconds:.0f} s target |",
+        f"| wall time, decoding included | {wall:.1f} s = {wall / args.target_seconds:.2f} x the "
+        f"{args.target_seconds:.0f} s target |",
         f"| validation ROC-AUC (best checkpoint) | {auc:.4f} (95% CI {low:.4f}-{high:.4f}, 1,000 patient resamples) |",
         f"| AUC at the best epoch in metrics.csv | {summary['best_val_auc']:.4f} |",
     ]

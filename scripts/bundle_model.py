@@ -59,7 +59,8 @@ def _share(path: Path | None, what: str) -> str:
     report = json.loads(path.read_text())
     entry = report["methods"]["gradcam"]
     return (f"{what}: {entry['lung_share']:.3f} over {report['images']} images, where the lungs cover "
-            f"{report['lung_area_fraction']:.3f} of the input; randomisation Spearman {entry['randomization_spearman']:.2f}")
+            f"{report['lung_area_fraction']:.3f} of the input; "
+            f"randomisation Spearman {entry['randomization_spearman']:.2f}")
 
 
 def _grid(classifier: Classifier) -> str:
@@ -106,6 +107,8 @@ def main() -> None:
     shift = _section(args.shift, "## Mean over the ten perturbations") if args.shift else "not measured"
     minutes = f"{args.minutes:.0f} minutes of wall-clock time" if args.minutes else "time not stated"
     augmentation = ", ".join(f"{k} {v}" for k, v in (config.get("augmentation") or {}).items()) or "defaults"
+    where = (f'{_share(args.check, "TB images with their true masks")}; '
+             f'{_share(args.check_internal, "internal test images, segmenter masks")}.')
     card = f"""# Model card: lungscope's bundled pneumonia model
 
 `src/lungscope/bundled/pneumonia.pt`, used by `lungscope predict`, `explain` and `serve` when no model is named
@@ -156,7 +159,7 @@ lungs clear.
 {shift}
 
 **Where it looks** (Grad-CAM positive mass inside the lung fields; `lungscope explain-check`):
-{_share(args.check, "TB images with their true masks")}; {_share(args.check_internal, "internal test images, segmenter masks")}.
+{where}
 
 ## Intended use and limits
 - A research and teaching tool for explainable screening, **not a diagnostic device**: it has not been validated

@@ -98,7 +98,9 @@ def test_interval_narrows_as_the_evaluated_set_grows(run: Path, chest_xray: Path
         assert width(large, name) < 0.75 * width(held_out, name), name
 
 
-def test_temperature_scaling_lowers_log_loss_and_ece_of_an_overconfident_run_on_held_out_patients(run: Path, held_out: Evaluation) -> None:
+def test_temperature_scaling_lowers_log_loss_and_ece_of_an_overconfident_run_on_held_out_patients(
+    run: Path, held_out: Evaluation
+) -> None:
     """The temperature was fitted on the run's validation patients; the test patients are held out.
 
     Measured, not assumed. Temperature scaling minimises the log-loss, so the held-out log-loss falls whenever the
@@ -194,7 +196,8 @@ def test_calibrate_to_a_target_sensitivity_moves_the_threshold_evaluate_uses(
     assert main(["calibrate", str(copy), "--target-sensitivity", "0.98"]) == EXIT_OK
     point = json.loads((copy / "calibration.json").read_text())
     assert point["rule"] == "target_sensitivity" and point["val_sensitivity"] >= 0.98
-    assert point["threshold"] <= youden["threshold"] and point["temperature"] == pytest.approx(youden["temperature"], rel=1e-3)
+    assert point["threshold"] <= youden["threshold"]
+    assert point["temperature"] == pytest.approx(youden["temperature"], rel=1e-3)
     assert json.loads(capsys.readouterr().out)["threshold"] == point["threshold"]
     report = evaluate_run(copy, copy / "split.csv", split="test", n_resamples=10).report
     assert report["threshold"] == point["threshold"] and report["operating_point"]["rule"] == "target_sensitivity"

@@ -394,4 +394,5 @@ def test_figure_titles_give_the_positive_class_probability_like_predict(
     monkeypatch.setattr(files_module, "explanation_figure", recorded)
     explain_files("default", [image], tmp_path, methods=["gradcam"], device="cpu", progress=False)
     (title,) = titles
-    assert title.startswith(f"{image.name}: P(PNEUMONIA) = {format_probability(row.probabilities[1])} - NORMAL; gradcam")
+    probability = format_probability(row.probabilities[1])
+    assert title.startswith(f"{image.name}: P(PNEUMONIA) = {probability} - NORMAL; gradcam")

@@ -149,7 +149,9 @@ def test_cli_one_line_errors(
     assert err.startswith("lungscope features: error: ") and message in err and err.count("\n") == 1
 
 
-def test_cli_writes_and_reports(quick_run: Path, xray_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_writes_and_reports(
+    quick_run: Path, xray_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "sub" / "f.parquet"
     assert main(["features", str(quick_run), str(xray_slice / "PNEUMONIA"), "--out", str(out)]) == 0
     assert "wrote 10 row(s) of 61504 features (classifier.0:input)" in capsys.readouterr().out

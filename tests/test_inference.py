@@ -20,7 +20,8 @@ def run(quick_run: Path) -> Path:
 def test_files_match_arrays_and_bad_files_are_reported(run: Path, chest_xray: Path, tmp_path: Path) -> None:
     classifier = Classifier.load(run)
     assert classifier.classes == ["NORMAL", "PNEUMONIA"] and classifier.image_size == 64
-    real = sorted((chest_xray / "train" / "PNEUMONIA").iterdir())[:5] + sorted((chest_xray / "train" / "NORMAL").iterdir())[:5]
+    real = (sorted((chest_xray / "train" / "PNEUMONIA").iterdir())[:5]
+            + sorted((chest_xray / "train" / "NORMAL").iterdir())[:5])
     broken = tmp_path / "broken.png"
     broken.write_text("not an image")
     paths = [str(p) for p in real[:3]] + [str(broken)] + [str(p) for p in real[3:]]

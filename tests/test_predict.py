@@ -74,7 +74,9 @@ def test_dicom_predicts_like_the_same_image_as_jpeg(quick_run: Path, folder: Pat
 
 def test_globs_missing_paths_and_threshold(quick_run: Path, folder: Path) -> None:
     classifier = Classifier.load(quick_run)
-    files, problems = collect_inputs([str(folder / "**" / "*.jpeg"), str(folder / "missing.png"), str(folder / "*.tif")])
+    files, problems = collect_inputs(
+        [str(folder / "**" / "*.jpeg"), str(folder / "missing.png"), str(folder / "*.tif")]
+    )
     assert len(files) == 7  # 6 real images and the corrupt one
     assert [p["error"] for p in problems] == ["file not found", "the pattern matches no file"]
     rows = list(predict_rows(classifier, files, threshold=0.0))

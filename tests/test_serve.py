@@ -129,11 +129,13 @@ def test_page_end_to_end_in_chromium(server: str, chromium, tmp_path: Path) -> N
             assert page.evaluate(f"formatProbability({value!r})") == format_probability(value)
         page.set_input_files("#files", [str(SAMPLE), str(REPO / "samples" / "NORMAL" / "IM-0133-0001.jpeg")])
         page.wait_for_function("document.querySelectorAll('#worklist li .prob').length === 2 && "
-                               "[...document.querySelectorAll('#worklist li .prob')].every(e => /^[0-9.]+$/.test(e.textContent))")
+                               "[...document.querySelectorAll('#worklist li .prob')]"
+                               ".every(e => /^[0-9.]+$/.test(e.textContent))")
         page.wait_for_function("document.getElementById('heat').naturalWidth > 0", timeout=60_000)
         probabilities = [float(t) for t in page.locator("#worklist li .prob").all_text_contents()]
         assert probabilities == sorted(probabilities, reverse=True)  # the worklist puts the likeliest first
-        assert "PNEUMONIA" in page.locator("#verdict").text_content() or "NORMAL" in page.locator("#verdict").text_content()
+        verdict = page.locator("#verdict").text_content()
+        assert "PNEUMONIA" in verdict or "NORMAL" in verdict
         page.locator("#opacity").fill("0.8")
         assert page.eval_on_selector("#heat", "e => e.style.opacity") == "0.8"
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)

@@ -50,7 +50,9 @@ def test_features_match_the_local_engine(
     assert b["features"][~good].isna().all() and b["error"][~good].str.len().gt(0).all()
 
 
-def test_predict_csv_matches_the_local_engine(spark: SparkSession, quick_run: Path, xray_slice: Path, tmp_path: Path) -> None:
+def test_predict_csv_matches_the_local_engine(
+    spark: SparkSession, quick_run: Path, xray_slice: Path, tmp_path: Path
+) -> None:
     awkward = tmp_path / 'a, "quoted" name.jpeg'  # CSV quoting survives Spark's writer and the join of its parts
     shutil.copy(min((xray_slice / "NORMAL").iterdir()), awkward)
     inputs = [str(xray_slice), str(tmp_path / "missing.png"), str(awkward)]
@@ -59,9 +61,11 @@ def test_predict_csv_matches_the_local_engine(spark: SparkSession, quick_run: Pa
     assert (archive.n_predicted, archive.n_failed) == (local.n_predicted, local.n_failed) == (21, 2)
     a = list(csv.DictReader((tmp_path / "local.csv").open(newline="")))
     b = list(csv.DictReader((tmp_path / "spark.csv").open(newline="")))
-    assert [(r["path"], r["prediction"], r["error"]) for r in b] == [(r["path"], r["prediction"], r["error"]) for r in a]
+    columns = ("path", "prediction", "error")
+    assert [tuple(r[k] for k in columns) for r in b] == [tuple(r[k] for k in columns) for r in a]
     for x, y in zip(a, b):
-        assert (x["probability"] == y["probability"] == "") or abs(float(x["probability"]) - float(y["probability"])) < 1e-5
+        p, q = x["probability"], y["probability"]
+        assert (p == q == "") or abs(float(p) - float(q)) < 1e-5
     errors = {Path(r["path"]).name: r["error"] for r in b if r["error"]}
     assert set(errors) == {"missing.png", "IM-9999-0001.jpeg"} and errors["missing.png"] == "file not found"
 

@@ -116,7 +116,9 @@ def test_shipped_configs_are_valid(path: Path) -> None:
     assert (config.image_size or spec.input_size) == spec.input_size
 
 
-def test_cli_train_and_refusal_to_overwrite(chest_xray: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_train_and_refusal_to_overwrite(
+    chest_xray: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = tmp_path / "run"
     argv = ["train", "--config", str(REPO / "configs" / "shallow-cnn-64.yaml"), "--data", str(chest_xray / "train"),
             "--limit", "200", "--epochs", "1", "--out", str(run)]

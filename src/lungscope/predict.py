@@ -9,7 +9,9 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+import numpy as np
 
 from lungscope.data.datasets import find_images
 from lungscope.data.io import entry_problem
@@ -69,7 +71,7 @@ class PredictionRun:
 def _row(prediction: Prediction, classifier: Classifier, threshold: float | None) -> dict[str, Any]:
     if prediction.error is not None:
         return {"path": prediction.path, "probability": None, "prediction": None, "error": prediction.error}
-    probabilities = prediction.probabilities
+    probabilities = cast(np.ndarray, prediction.probabilities)  # set when there is no error
     if len(classifier.classes) == 2 and threshold is not None:
         probability = float(probabilities[1])
         label = classifier.classes[int(probability >= threshold)]
@@ -192,7 +194,11 @@ def predict_archive(
 
 
 def write_results_page(
-    rows: Sequence[dict[str, Any]], out_html: str | os.PathLike[str], *, model: str, figures: dict[str, str] | None = None
+    rows: Sequence[dict[str, Any]],
+    out_html: str | os.PathLike[str],
+    *,
+    model: str,
+    figures: dict[str, str] | None = None,
 ) -> Path:
     """A small HTML page of batch predictions, most probable first, with each image's explanation figure
     (``figures``: path -> PNG file, linked relative to the page) where there is one."""
@@ -207,7 +213,8 @@ def write_results_page(
         picture = (f'<img src="{escape(os.path.relpath(figure, out_html.parent))}" alt="explanation">'
                    if figure else "")
         verdict = (f'<span class="error">{escape(row["error"])}</span>' if row["error"] else
-                   f'<b class="{escape(row["prediction"])}">{escape(row["prediction"])}</b> p = {row["probability"]:.3f}')
+                   f'<b class="{escape(row["prediction"])}">{escape(row["prediction"])}</b> '
+                   f'p = {row["probability"]:.3f}')
         cards.append(f'<section><h2>{escape(Path(row["path"]).name)}</h2><p>{verdict}</p>{picture}</section>')
     out_html.write_text(f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>lungscope predictions</title>

@@ -18,7 +18,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
@@ -106,7 +106,7 @@ def calibrate_site(
     predictions = list(classifier.predict_files(frame["path"].tolist(), calibrated=False))
     readable = [i for i, p in enumerate(predictions) if p.error is None]
     frame = frame.iloc[readable].reset_index(drop=True)
-    probabilities = np.stack([predictions[i].probabilities for i in readable])
+    probabilities = np.stack([cast(np.ndarray, predictions[i].probabilities) for i in readable])  # readable ones
     labels = (frame["label"] == classifier.classes[1]).to_numpy().astype(np.int64)
     counts = np.bincount(labels, minlength=2)
     if counts.min() < MIN_PER_CLASS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -51,12 +52,13 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         "`lungscope calibrate MODEL --data DIR --site NAME` (default: the model's own)")
     parser.add_argument("--tta", type=int, default=1, metavar="N",
                         help="test-time augmentation: average N views of each image (default 1: off; at most "
-                        "lungscope.inference.TTA_VIEWS); the spread across views is reported as the answer's uncertainty")
+                        "lungscope.inference.TTA_VIEWS); the spread across views is reported as the answer's "
+                        "uncertainty")
     parser.add_argument("--ensemble", nargs="+", default=[], metavar="MODEL", help="further models (same classes "
                         "and preprocessing) whose calibrated probabilities are averaged with the model's")
 
 
-def load_model(args: argparse.Namespace, source: object) -> Any:
+def load_model(args: argparse.Namespace, source: str | os.PathLike[str]) -> Any:
     """The Classifier a verb answers with: ``source`` with ``--roi``, ``--site``, ``--tta`` and ``--ensemble``."""
     from lungscope.sites import load_classifier
 

@@ -41,7 +41,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
              for s in list_models()]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
-        print("  ".join(cell.rjust(w) if i == 2 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))) + "  " + row[4])
+        cells = (cell.rjust(w) if i == 2 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        print("  ".join(cells) + "  " + row[4])
     return EXIT_OK
 
 

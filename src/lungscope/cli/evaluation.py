@@ -57,7 +57,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", help="evaluate only the rows of this split of --data (e.g. test: held-out patients)")
     p.add_argument("--labels", choices=["binary", "three-class", "tb"],
                    help="label scheme of --data (default: the run's)")
-    p.add_argument("--calibrated", action="store_true", help="calibrated probabilities (the run's temperature and bias)")
+    p.add_argument("--calibrated", action="store_true",
+                   help="calibrated probabilities (the run's temperature and bias)")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the full report as JSON")
     p.add_argument("--predictions", type=Path, metavar="OUT.csv", help="write one row per image as CSV")
     p.add_argument("--plots", type=Path, metavar="DIR", help="write ROC, PR, confusion, reliability and training "
@@ -139,7 +140,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders to compare")
     p.add_argument("--data", type=Path, help="folder or CSV manifest to evaluate every run on, e.g. RUN_DIR/split.csv")
     p.add_argument("--split", help="evaluate only the rows of this split of --data (e.g. test)")
-    p.add_argument("--labels", choices=["binary", "three-class", "tb"], help="label scheme of --data (default: the runs')")
+    p.add_argument("--labels", choices=["binary", "three-class", "tb"],
+                   help="label scheme of --data (default: the runs')")
     p.add_argument("--resamples", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--csv", type=Path, metavar="OUT", help="also write the table as CSV, one row per run")

@@ -46,7 +46,8 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for the figures and maps.npz")
     p.add_argument("--cmap", help="matplotlib colormap (default jet; RdBu_r for --sign all)")
     p.add_argument("--alpha", type=float, default=0.5, help="opacity of the heatmap (default 0.5)")
-    p.add_argument("--threshold", type=float, default=0.2, help="weaker values are transparent (default 0.2 of the max)")
+    p.add_argument("--threshold", type=float, default=0.2,
+                   help="weaker values are transparent (default 0.2 of the max)")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     add_roi_option(p)

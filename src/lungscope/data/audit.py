@@ -125,7 +125,10 @@ def audit_dataset(
 
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  " + "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows)
+    return "\n".join(
+        "  " + "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        for row in rows
+    )
 
 
 def _listing(title: str, items: list[str], limit: int = 10) -> list[str]:
@@ -142,7 +145,8 @@ def format_audit(report: dict[str, Any]) -> str:
     rows = [["split", "images", "patients", *classes, "imbalance"]]
     for name, s in report["splits"].items():
         counts = [f"{s['classes'].get(c, 0):,}" for c in classes]
-        rows.append([name, f"{s['n_images']:,}", f"{s['n_patients']:,}", *counts, f"{report['imbalance'].get(name, 0):.2f}:1"])
+        rows.append([name, f"{s['n_images']:,}", f"{s['n_patients']:,}", *counts,
+                     f"{report['imbalance'].get(name, 0):.2f}:1"])
     lines = [
         f"{report['source']}: {report['n_images']:,} images of {report['n_patients']:,} patients "
         f"(labels: {report['labels']}, {report['seconds']:.1f} s)",

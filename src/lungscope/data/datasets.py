@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal, overload
+from typing import Literal, cast, overload
 
 import numpy as np
 import pandas as pd
@@ -168,6 +168,7 @@ def _scan_manifest(csv: Path, scheme: str, strict: bool) -> tuple[pd.DataFrame, 
         if not os.path.isfile(path):
             missing.append({"path": path, "error": "file not found"})
             continue
+        label = cast(str, label)  # unknown labels were refused above
         rows.append((path, label, patient or patient_id(path) or Path(path).stem, split or csv.stem))
     return _frame(rows), _problems(csv, missing, len(table), "listed do not exist", strict)
 

@@ -30,8 +30,8 @@ Working size: ``read_image`` returns at most :data:`WORKING_SIDE` pixels on the 
 (``pixels.shape == (info.height, info.width)`` for smaller images; ``meta["downscaled_from"]`` says when it
 was reduced). Memory follows what is decoded, not what a header declares: a JPEG is decoded at a reduced
 DCT scale (Pillow's ``draft``), other formats are decoded, brought to grey and reduced (Pillow's
-``resize`` with ``reducing_gap``, OpenCV's area resize for DICOM) while still 8/16-bit integers, and only then turned into
-float32. A JPEG whose compressed data is too small to hold its declared size (under one byte per
+``resize`` with ``reducing_gap``, OpenCV's area resize for DICOM) while still 8/16-bit integers, and only then
+turned into float32. A JPEG whose compressed data is too small to hold its declared size (under one byte per
 :data:`_JPEG_PIXELS_PER_BYTE` pixels) is refused as truncated: libjpeg would fill the missing part with
 grey without an error.
 
@@ -62,12 +62,13 @@ from dataclasses import dataclass
 from io import BytesIO
 from os import PathLike
 from pathlib import Path
+from typing import Any, Literal
 
 import cv2
 import numpy as np
 import pydicom
 from PIL import ExifTags, Image
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_dataset, read_file_meta_info
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, pixel_array
@@ -281,7 +282,7 @@ def _failure(exc: Exception) -> str:
 
 
 @contextmanager
-def _warnings_filtered(action: str, **which: object) -> Iterator[None]:
+def _warnings_filtered(action: Literal["error", "ignore"], **which: Any) -> Iterator[None]:
     """One warnings filter for this block. The lock stops threads (the audit uses them) from restoring
     each other's filters out of order, which ``catch_warnings`` alone allows, leaking a filter for good."""
     with _WARNINGS_LOCK, warnings.catch_warnings():
@@ -427,7 +428,7 @@ def _dicom_header(path: Path, max_pixels: int) -> tuple[Dataset, ImageInfo]:
         return ds, _dicom_info(path, ds, max_pixels, size)
 
 
-def _inflated_dicom(path: Path, meta: Dataset, max_pixels: int) -> tuple[Dataset, int]:
+def _inflated_dicom(path: Path, meta: FileMetaDataset, max_pixels: int) -> tuple[Dataset, int]:
     """A deflated DICOM's data set and its inflated size, inflated only as far as its Rows, Columns, frames,
     samples and BitsAllocated allow: pydicom would inflate all of it before any element can be checked."""
     # Hand-written because pydicom inflates the whole stream at once (a 1.5 MB file can hold 1.5 GB of zeros).
@@ -473,7 +474,7 @@ def _dicom_info(path: Path, ds: Dataset, max_pixels: int, size: int) -> ImageInf
     pixel_data = ds.get_item("PixelData")
     length = getattr(pixel_data, "length", None)
     if length is not None and length != _UNDEFINED_LENGTH and (
-        missing := pixel_data.value_tell + length - size
+        missing := pixel_data.value_tell + length - size  # type: ignore[attr-defined]  # only raw elements have a length
     ) > 0:
         raise ImageReadError(path, f"truncated: the pixel data ends {missing:,} bytes after the end of the file")
     rows, columns, frames = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0), _frames(ds)
@@ -548,6 +549,6 @@ def _stored_range(ds: Dataset) -> tuple[int, int]:
     return 0, 2**bits - 1
 
 
-def _first(value: object) -> object:
+def _first(value: Any) -> Any:
     """The first of a multi-valued DICOM element (pydicom applies the first window too)."""
     return value[0] if isinstance(value, MultiValue) else value

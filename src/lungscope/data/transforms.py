@@ -1,7 +1,8 @@
 """Preprocessing and augmentation of chest X-rays, and class balancing for training.
 
 Every pipeline takes the 2-D float32 array in [0, 1] that :func:`lungscope.data.io.read_image` returns and gives a
-float32 tensor ``(channels, S, S)``: to tensor -> (lung crop) -> (CLAHE) -> resize -> (augment) -> normalise -> repeat channels.
+float32 tensor ``(channels, S, S)``: to tensor -> (lung crop) -> (CLAHE) -> resize -> (augment) -> normalise ->
+repeat channels.
 Random steps use torchvision.transforms.v2, hence torch's RNG: ``torch.manual_seed`` makes them reproducible.
 """
 
@@ -11,7 +12,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -95,7 +96,7 @@ PREPROCESSING_DEFAULTS: dict[str, object] = {"resize": "squash", "clahe": False,
 PREPROCESSING_KEYS = tuple(PREPROCESSING_DEFAULTS)
 
 
-def preprocessing_of(config: Mapping[str, object]) -> dict[str, object]:
+def preprocessing_of(config: Mapping[str, object]) -> dict[str, Any]:
     """The preprocessing options a run config states (older runs lack some: their defaults)."""
     return {key: config.get(key, default) for key, default in PREPROCESSING_DEFAULTS.items()}
 
@@ -191,7 +192,7 @@ class AugmentConfig:
             raise ConfigError(f"augment crop must be an area fraction in (0, 1], got {self.crop}")
 
     @classmethod
-    def from_dict(cls, values: dict[str, object] | None) -> AugmentConfig:
+    def from_dict(cls, values: Mapping[str, Any] | None) -> AugmentConfig:
         """From a config's ``augmentation`` mapping, naming an unknown key."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values or {}) - known)
@@ -253,7 +254,7 @@ def build_preprocess(
     """
     if roi not in ROI_CHOICES:
         raise ConfigError(f"unknown roi {roi!r}; expected one of {', '.join(ROI_CHOICES)}")
-    steps: list[Callable[[torch.Tensor], torch.Tensor]] = [_to_tensor]
+    steps: list[Callable[[Any], torch.Tensor]] = [_to_tensor]
     if roi == "lungs":
         steps.append(LungCrop(roi_margin))
     if clahe:
@@ -377,4 +378,6 @@ def weighted_sampler(
     indices = _label_indices(labels, classes)
     per_sample = torch.as_tensor(_balanced(indices, len(classes))[indices])
     generator = torch.Generator().manual_seed(seed)
-    return WeightedRandomSampler(per_sample, num_samples or len(labels), replacement=True, generator=generator)
+    # torch's stub says Sequence[float]; the sampler takes a tensor of weights (torch.as_tensor is its first step)
+    return WeightedRandomSampler(per_sample, num_samples or len(labels), replacement=True,  # type: ignore[arg-type]
+                                 generator=generator)

@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -195,7 +195,7 @@ def evaluate_run(
     if not scored.any():
         raise DatasetError(f"{data}: none of the {len(paths)} images could be read, e.g. {unreadable[-1]['path']}")
     frame = frame[scored].reset_index(drop=True)
-    raw = np.stack([p.probabilities for p in predictions if p.error is None])
+    raw = np.stack([cast(np.ndarray, p.probabilities) for p in predictions if p.error is None])
     classes = classifier.classes
     targets = frame["label"].map(classes.index).to_numpy(np.int64)
     patients = frame["patient_id"].to_numpy()
@@ -230,7 +230,7 @@ def evaluate_run(
         report["metrics_at_0_5"], matrix_half, _ = metrics_with_ci(probabilities, targets, patients, 0.5, **bootstrap)
         report["confusion_matrix_at_0_5"] = matrix_half.tolist()
     else:
-        report["per_class"] = dict(zip(classes, per_class))
+        report["per_class"] = dict(zip(classes, cast(list[dict[str, Any]], per_class)))  # set for multiclass
     table = reliability(probabilities, targets)
     report["calibration"] = {
         "ece": expected_calibration_error(probabilities, targets),
@@ -274,7 +274,7 @@ def format_report(report: dict[str, Any]) -> str:
     counts = ", ".join(f"{n} {c}" for c, n in report["class_counts"].items())
     lines = [f"{report['n_images']} images of {report['n_patients']} patients ({counts}); "
              f"{'calibrated' if report['calibrated'] else 'uncalibrated'} probabilities"]
-    columns = [("metric", None)]
+    columns: list[tuple[str, Any]] = [("metric", None)]
     if report["threshold"] is None:
         columns.append(("largest probability (95% CI)", report["metrics"]))
     else:

@@ -43,7 +43,7 @@ def _one_vs_rest(labels: np.ndarray, predicted: np.ndarray, positive: int) -> tu
 
 
 def accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
-    return _ratio(np.count_nonzero(labels == predicted), len(labels))
+    return _ratio(int(np.count_nonzero(labels == predicted)), len(labels))
 
 
 def precision(labels: np.ndarray, predicted: np.ndarray, positive: int = 1) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -61,7 +61,9 @@ def operating_point(
         positive = probabilities[:, 1] >= threshold
         point.update(
             threshold=threshold,
-            threshold_calibrated=float(apply_temperature(np.array([[1 - threshold, threshold]]), temperature, bias)[0, 1]),
+            threshold_calibrated=float(
+                apply_temperature(np.array([[1 - threshold, threshold]]), temperature, bias)[0, 1]
+            ),
             rule="youden" if target_sensitivity is None else "target_sensitivity",
             val_sensitivity=float(positive[labels == 1].mean()),
             val_specificity=float((~positive[labels == 0]).mean()),
@@ -95,7 +97,7 @@ def calibrate_run(
     label_of = dict(zip(val["path"], val["label"]))
     labels = np.array([classifier.classes.index(label_of[p.path]) for p in predictions])
     point = operating_point(
-        np.stack([p.probabilities for p in predictions]), labels,
+        np.stack([cast(np.ndarray, p.probabilities) for p in predictions]), labels,  # readable ones
         target_sensitivity=target_sensitivity, calibration=calibration,
     )
     store_operating_point(run_dir, point)

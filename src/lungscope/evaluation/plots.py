@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -40,7 +41,8 @@ def _undefined(ax: Axes, truth: np.ndarray) -> bool:
 def _operating_marks(evaluation: Evaluation) -> list[tuple[str, dict, str]]:
     """(label, metrics at that threshold, marker) for the operating threshold and 0.5 of a binary run."""
     report = evaluation.report
-    return [(f"threshold {format_probability(evaluation.threshold)}", report["metrics"], "o"),
+    threshold = cast(float, evaluation.threshold)  # callers check that there is one
+    return [(f"threshold {format_probability(threshold)}", report["metrics"], "o"),
             ("threshold 0.5", report["metrics_at_0_5"], "s")]
 
 
@@ -87,7 +89,8 @@ def confusion_figure(evaluation: Evaluation) -> Figure:
     ax = fig.add_subplot()
     matrix = np.asarray(evaluation.report["confusion_matrix"])
     ConfusionMatrixDisplay(matrix, display_labels=evaluation.classes).plot(ax=ax, colorbar=False, values_format="d")
-    rule = "largest probability" if evaluation.threshold is None else f"threshold {format_probability(evaluation.threshold)}"
+    rule = ("largest probability" if evaluation.threshold is None
+            else f"threshold {format_probability(evaluation.threshold)}")
     ax.set_title(f"confusion matrix ({rule})")
     return fig
 
@@ -101,7 +104,8 @@ def reliability_figure(evaluation: Evaluation) -> Figure:
     raw = evaluation.raw_probabilities
     for name, probabilities, ece in (
         ("uncalibrated", raw, calibration["ece_uncalibrated"]),
-        (f"temperature {calibration['temperature']:.2f}", apply_temperature(raw, calibration["temperature"], calibration.get("bias")),
+        (f"temperature {calibration['temperature']:.2f}",
+         apply_temperature(raw, calibration["temperature"], calibration.get("bias")),
          calibration["ece_calibrated"]),
     ):
         table = reliability(probabilities, evaluation.targets)

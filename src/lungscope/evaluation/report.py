@@ -254,9 +254,9 @@ def render_report(
 ) -> str:
     """The report page as a string; see :func:`write_report`."""
     report = evaluation.report
-    run: Path | None = Path(run_dir) if run_dir is not None else Path(report["run"])
-    run = run.parent if run.is_file() else run  # a run evaluated through its best.pt
-    run = run if run.is_dir() else None
+    path = Path(run_dir) if run_dir is not None else Path(report["run"])
+    path = path.parent if path.is_file() else path  # a run evaluated through its best.pt
+    run: Path | None = path if path.is_dir() else None
     title = f"lungscope evaluation: {Path(report['run']).name}"
     summary = (f"Run {_e(report['run'])} on {_e(report['data'])}: {report['n_images']:,} images of "
                f"{report['n_patients']:,} patients, classes {_e(', '.join(report['classes']))}.")

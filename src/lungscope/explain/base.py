@@ -82,7 +82,7 @@ def explaining(model: nn.Module) -> Iterator[nn.Module]:
     inplace = [module for module in model.modules() if getattr(module, "inplace", False) is True]
     model.eval()
     for module in inplace:
-        module.inplace = False
+        module.inplace = False  # type: ignore[assignment]  # a bool flag, not a submodule
     try:
         with torch.enable_grad(), warnings.catch_warnings():
             # Captum announces on every call that it hooks the ReLUs and removes the hooks after: noise to a user.
@@ -90,7 +90,7 @@ def explaining(model: nn.Module) -> Iterator[nn.Module]:
             yield model
     finally:
         for module in inplace:
-            module.inplace = True
+            module.inplace = True  # type: ignore[assignment]  # a bool flag, not a submodule
         for module, training in modes.items():
             module.training = training
 
@@ -125,6 +125,8 @@ class Explainer:
         self.model = model
         if not self.uses_layer and layer is not None:
             raise ConfigError(f"method {self.name} explains the input, not a layer: drop the layer {layer!r}")
+        self.layer_name: str | None
+        self.layer: nn.Module | None
         self.layer_name, self.layer = resolve_layer(model, layer) if self.uses_layer else (None, None)
 
     def attribute(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -161,7 +163,8 @@ class _RectifierHooks:
 
     def _register_hooks(self, module: nn.Module) -> None:
         if isinstance(module, RECTIFIERS):
-            self.backward_hooks.extend(_register_backward_hook(module, self._backward_hook, self))
+            # backward_hooks and _backward_hook come from Captum's class that this mixin precedes
+            self.backward_hooks.extend(_register_backward_hook(module, self._backward_hook, self))  # type: ignore[attr-defined]
 
 
 class _GuidedBackprop(_RectifierHooks, GuidedBackprop):

@@ -149,11 +149,12 @@ def explain_files(
                         try:
                             _figure(pixels, explanation.maps[i], classifier, title, style).savefig(png, dpi=100)
                         except OSError as error:
-                            failed.append({"path": str(path), "error": f"cannot write {png}: {error.strerror or error}"})
+                            failed.append({"path": str(path),
+                                           "error": f"cannot write {png}: {error.strerror or error}"})
                             continue
                         written.append(str(png))
             bar.update(len(batch))
-    np.savez_compressed(out / "maps.npz", **maps)
+    np.savez_compressed(out / "maps.npz", **maps)  # type: ignore[arg-type]  # numpy's stub types **kwds poorly
     return {"images": explained, "written": written, "maps": str(out / "maps.npz"), "failed": failed}
 
 
@@ -258,8 +259,9 @@ def check_files(
     progress: bool | None = None,
 ) -> dict[str, Any]:
     """:func:`~lungscope.explain.trust.explain_check` of a run on ``n`` images of ``data`` (lung masks of the same
-    file names in ``masks``, else the bundled lung U-Net's masks). Writes the report to ``json_out``, its figure beside it (``.png``) and a
-    copy to ``RUN_DIR/explain_check.json``, which ``explain`` reads to warn about flagged methods."""
+    file names in ``masks``, else the bundled lung U-Net's masks). Writes the report to ``json_out``, its figure
+    beside it (``.png``) and a copy to ``RUN_DIR/explain_check.json``, which ``explain`` reads to warn about flagged
+    methods."""
     methods = list(methods or METHODS)
     for method in methods:
         get_method(method)

@@ -135,7 +135,9 @@ def cascading_randomization(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for name in randomizable_layers(randomized):
-            randomized.get_submodule(name).reset_parameters()
+            # randomizable_layers names only modules with reset_parameters (Module's __getattr__ types it
+            # Tensor | Module)
+            randomized.get_submodule(name).reset_parameters()  # type: ignore[operator]
             for method, maps in original.items():
                 changed = explain_maps(randomized, images, method, targets, layer=layer, batch_size=batch_size,
                                        options=(method_options or {}).get(method))

@@ -118,7 +118,9 @@ def _chunks(rows: Iterator[dict[str, Any]], size: int, columns: list[str]) -> It
         yield pd.DataFrame(chunk, columns=columns)
 
 
-def _feature_task(source: str, layer: str | None, batch_size: int) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+def _feature_task(
+    source: str, layer: str | None, batch_size: int
+) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from lungscope.features.api import local_rows
 
@@ -138,7 +140,8 @@ def _prediction_task(
         classifier = worker_classifier(source)
         for frame in frames:
             failed = frame["error"].notna()
-            rows = [{"path": path, "error": error} for path, error in zip(frame["path"][failed], frame["error"][failed])]
+            rows = [{"path": path, "error": error}
+                    for path, error in zip(frame["path"][failed], frame["error"][failed])]
             rows += file_rows(classifier, frame["path"][~failed].tolist(), threshold, batch_size=batch_size,
                               workers=workers)
             for row in rows:  # the probability as Python's csv module writes it: the local engine's CSV text
@@ -196,7 +199,7 @@ def predict_with_spark(
 
     with spark_session(master) as spark, _staging(csv_path) as staging:
         table = _partitions(spark, inputs, "path string, error string")
-        options = {"header": False, "quote": '"', "escape": '"', "nullValue": "", "emptyValue": "",
+        options: dict[str, Any] = {"header": False, "quote": '"', "escape": '"', "nullValue": "", "emptyValue": "",
                    "ignoreLeadingWhiteSpace": False, "ignoreTrailingWhiteSpace": False}
         task = _prediction_task(source, threshold, batch_size, workers)
         table.mapInPandas(task, PREDICTION_COLUMNS).write.options(**options).csv(str(staging))

@@ -26,15 +26,16 @@ BACKBONES: dict[str, str] = {
 def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
     """Swap the first convolution for one taking ``in_channels`` (same geometry, PyTorch's default init)."""
     name, conv = first_conv_layer(model)
+    # The geometry is the Conv2d's own 2-tuples; torch's stub types _ConvNd's as tuple[int, ...], hence the ignores.
     model.set_submodule(
         name,
         nn.Conv2d(
             in_channels,
             conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
+            conv.kernel_size,  # type: ignore[arg-type]
+            stride=conv.stride,  # type: ignore[arg-type]
+            padding=conv.padding,  # type: ignore[arg-type]
+            dilation=conv.dilation,  # type: ignore[arg-type]
             groups=conv.groups,
             bias=conv.bias is not None,
             padding_mode=conv.padding_mode,

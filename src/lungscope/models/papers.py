@@ -185,6 +185,7 @@ def alexnet_lrn_cnn(num_classes: int, in_channels: int, input_size: int, init: s
     )
     layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]  # conv1-5, fc1-3
     for layer, bias in zip(layers, (0, 1, 0, 1, 1, 1, 1, 0), strict=True):
+        assert layer.bias is not None  # every layer of this network is built with a bias
         if init == "he":
             nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
             nn.init.zeros_(layer.bias)

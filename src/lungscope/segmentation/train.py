@@ -51,7 +51,8 @@ class SegmenterConfig:
 
 
 def pair_files(images: str | os.PathLike[str], masks: str | os.PathLike[str]) -> pd.DataFrame:
-    """``image``, ``mask``, ``patient_id``, ``label`` for every image of ``images`` with a mask of the same name in ``masks``."""
+    """``image``, ``mask``, ``patient_id``, ``label`` for every image of ``images`` with a mask of the same name in
+    ``masks``."""
     images, masks = Path(images), Path(masks)
     for folder in (images, masks):
         if not folder.is_dir():

@@ -67,9 +67,12 @@ class TrainConfig:
     image_size: int | None = None
     resize: str = cast(str, PREPROCESSING_DEFAULTS["resize"])
     clahe: bool = cast(bool, PREPROCESSING_DEFAULTS["clahe"])
-    roi: str = cast(str, PREPROCESSING_DEFAULTS["roi"])  # "lungs": crop each image to its lung fields (the bundled lung U-Net) before resizing
-    roi_margin: float = cast(float, PREPROCESSING_DEFAULTS["roi_margin"])  # of the image's height and width, added around the lungs' box on every side
-    normalise: str = cast(str, PREPROCESSING_DEFAULTS["normalise"])  # "fixed": (x - 0.5) / 0.25; "per-image": each image by its own mean and std
+    # "lungs": crop each image to its lung fields (the bundled lung U-Net) before resizing
+    roi: str = cast(str, PREPROCESSING_DEFAULTS["roi"])
+    # of the image's height and width, added around the lungs' box on every side
+    roi_margin: float = cast(float, PREPROCESSING_DEFAULTS["roi_margin"])
+    # "fixed": (x - 0.5) / 0.25; "per-image": each image by its own mean and std
+    normalise: str = cast(str, PREPROCESSING_DEFAULTS["normalise"])
     augment: bool = True
     augmentation: dict[str, Any] = field(default_factory=dict)  # AugmentConfig's strengths; unset keys keep defaults
     epochs: int = 10
@@ -127,7 +130,9 @@ class TrainConfig:
             if not 0 <= getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be in [0, 1), not {getattr(self, key)}")
         if self.val_fraction == 0 and self.manifest is None:
-            raise ConfigError("val_fraction must be above 0: early stopping, the best checkpoint and the threshold need it")
+            raise ConfigError(
+                "val_fraction must be above 0: early stopping, the best checkpoint and the threshold need it"
+            )
 
     def augment_config(self) -> AugmentConfig:
         """The typed augmentation this run trains with."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import pandas as pd
 from matplotlib.figure import Figure  # not pyplot: no global backend switch for a notebook user importing this
 
 
-def plot_curves(metrics_csv: str | Path, out_png: str | Path) -> None:
+def plot_curves(metrics_csv: str | Path, out_png: str | Path | BinaryIO) -> None:
     """Loss, accuracy and ROC-AUC (training batches as trained, and validation) and the learning rate, per epoch."""
     frame = pd.read_csv(metrics_csv)
     fig = Figure(figsize=(13, 3.6), layout="constrained")

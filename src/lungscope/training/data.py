@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,7 +63,7 @@ class AugmentedImages(Dataset[tuple[torch.Tensor, ...]]):
         self,
         images: torch.Tensor,
         targets: Sequence[int],
-        transform: Callable[..., object],
+        transform: Callable[..., Any],
         masks: torch.Tensor | None = None,
     ) -> None:
         if len(images) != len(targets) or (masks is not None and len(masks) != len(images)):

@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator, Sequence, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import numpy as np
 import torch
@@ -79,13 +79,14 @@ def process_group(device: torch.device) -> Iterator[tuple[Rank, torch.device]]:
             dist.destroy_process_group()
 
 
-def broadcast(value: T, rank: Rank) -> T:
-    """``value`` as rank 0 has it, on every rank (pickled: for small objects such as metrics or a summary)."""
+def broadcast(value: T | None, rank: Rank) -> T:
+    """``value`` as rank 0 has it, on every rank (pickled: for small objects such as metrics or a summary); the
+    other ranks may pass None."""
     if not rank.distributed:
-        return value
+        return cast(T, value)  # a single process is rank 0
     box = [value]
     dist.broadcast_object_list(box, src=0)
-    return box[0]
+    return cast(T, box[0])
 
 
 def sum_over_ranks(values: Sequence[float], device: torch.device) -> list[float]:
@@ -103,7 +104,7 @@ def gather_rows(rows: np.ndarray) -> np.ndarray:
         return rows
     parts: list[np.ndarray | None] = [None] * dist.get_world_size()
     dist.all_gather_object(parts, rows)
-    return np.concatenate(parts)
+    return np.concatenate(cast(list[np.ndarray], parts))  # all_gather_object filled every slot
 
 
 def rank_seed(seed: int, rank: Rank) -> int:

@@ -56,14 +56,15 @@ def train_one_epoch(
         scaler.step(optimizer)
         scaler.update()
         if ema is not None:
-            ema.update_parameters(model.module if hasattr(model, "module") else model)
+            # DistributedDataParallel's .module is the model (nn.Module's __getattr__ is typed Tensor | Module)
+            ema.update_parameters(model.module if hasattr(model, "module") else model)  # type: ignore[arg-type]
         total += loss.item() * len(targets)
         count += len(targets)
         scores.append(torch.softmax(logits.detach().float(), dim=1).cpu())
         labels.append(targets.cpu())
         bar.update(1)
         bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
-    total, count, outside = sum_over_ranks([total, count, outside], device)
+    total, count, outside = sum_over_ranks([total, count, outside], device)  # type: ignore[assignment]  # floats
     metrics = validation_metrics(gather_rows(torch.cat(scores).numpy()), gather_rows(torch.cat(labels).numpy()))
     result = {"train_loss": total / max(count, 1), "train_accuracy": metrics["val_accuracy"],
               "train_auc": metrics["val_auc"]}
@@ -87,7 +88,9 @@ def predict(
     return torch.cat(probabilities).numpy(), torch.cat(labels).numpy()
 
 
-def validation_metrics(probabilities: np.ndarray, labels: np.ndarray, weight: torch.Tensor | None = None) -> dict[str, float]:
+def validation_metrics(
+    probabilities: np.ndarray, labels: np.ndarray, weight: torch.Tensor | None = None
+) -> dict[str, float]:
     """Loss (cross-entropy, class-weighted like training when ``weight`` is given), accuracy and ROC-AUC
     (one-vs-rest macro mean for more than two classes; NaN when a class is missing)."""
     log_p = torch.log(torch.from_numpy(probabilities).clamp_min(1e-12))

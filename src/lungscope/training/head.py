@@ -26,7 +26,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -115,7 +115,9 @@ def _layer_option(layer: str, backbone: str, options: dict[str, Any]) -> str | N
     with torch.device("meta"):
         final = named_classifier_head(create_model(backbone, **options))[0]
     if layer != f"{final}:input":
-        raise ConfigError(f"features taken at {layer!r}: only the input of the final Linear ({final}:input) is supported")
+        raise ConfigError(
+            f"features taken at {layer!r}: only the input of the final Linear ({final}:input) is supported"
+        )
     return None
 
 
@@ -188,8 +190,8 @@ def fit_dense_head(
         elif epoch - best_epoch >= config.patience:
             break
     bar.close()
-    head.load_state_dict(best_state)
-    _fold(head[0], scaler)
+    head.load_state_dict(cast(dict[str, torch.Tensor], best_state))  # set by the first epoch (its loss is below inf)
+    _fold(cast(nn.Linear, head[0]), scaler)
     return head.eval(), {"best_epoch": best_epoch, "epochs_run": epoch, "val_loss": best}
 
 
@@ -203,16 +205,17 @@ def fit_baseline(train: _Rows, val: _Rows, n_classes: int, config: HeadConfig) -
         fitted = {c: LogisticRegression(C=c, max_iter=2000).fit(x_train, train.y) for c in config.baseline_c}
     for c, model in fitted.items():
         scores[c] = log_loss(val.y, model.predict_proba(x_val), labels=list(range(n_classes)))
-    chosen = min(scores, key=scores.get)
+    chosen = min(scores, key=scores.__getitem__)
     model = fitted[chosen]
     coef, intercept = model.coef_, model.intercept_
     if n_classes == 2:  # scikit-learn keeps one logit for two classes: softmax([0, z]) = sigmoid(z)
         coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]
     head = dense_head(train.x.shape[1], n_classes, [])
+    linear = cast(nn.Linear, head[0])  # a head without hidden layers is a single Linear
     with torch.no_grad():
-        head[0].weight.copy_(torch.as_tensor(coef))
-        head[0].bias.copy_(torch.as_tensor(intercept))
-    _fold(head[0], scaler)
+        linear.weight.copy_(torch.as_tensor(coef))
+        linear.bias.copy_(torch.as_tensor(intercept))
+    _fold(linear, scaler)
     return head.eval(), {"C": chosen, "val_log_loss_by_C": {str(c): s for c, s in scores.items()}}
 
 
@@ -307,7 +310,7 @@ def train_head(config: HeadConfig, *, progress: bool | None = None) -> dict[str,
     ):
         options = {"backbone": meta["model"], "backbone_options": meta["model_options"], "layer": layer,
                    "hidden": list(hidden), "dropout": dropout}
-        model = create_model("two-stage", num_classes=len(classes), **options)
+        model = cast(TwoStage, create_model("two-stage", num_classes=len(classes), **options))
         model.load_backbone(backbone.model.state_dict(), source=meta["run"])
         model.head.load_state_dict(head.state_dict())
         if name == "dense":

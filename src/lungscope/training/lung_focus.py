@@ -6,8 +6,9 @@ The Grad-CAM of each class is computed as :mod:`lungscope.explain` computes it (
 gradient weights the layer's maps), but with ``create_graph=True``, so the fraction of its absolute mass outside the
 lung mask can be minimised with the loss. Absolute, not positive: a share of the positive part alone is minimised
 by a map with no positive values at all (measured: a run so trained drove it to 1e-6 and explained every X-ray
-with an all-negative map), while the share of |map| can only fall by moving the evidence into the lungs. On ``cxr-resnet`` the gradient runs through the linear head
-only, so the penalty costs little beside the forward and backward passes.
+with an all-negative map), while the share of |map| can only fall by moving the evidence into the lungs. On
+``cxr-resnet`` the gradient runs through the linear head only, so the penalty costs little beside the forward and
+backward passes.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class GradCamOutsideLungs:
         if self.maps is None:
             raise RuntimeError("no feature maps recorded: call the model with gradients enabled first")
         maps = self.maps
-        lungs = F.adaptive_avg_pool2d(masks.to(maps.dtype), maps.shape[-2:]).squeeze(1)
+        # torch's stub omits the torch.Size it accepts as output size
+        lungs = F.adaptive_avg_pool2d(masks.to(maps.dtype), maps.shape[-2:]).squeeze(1)  # type: ignore[arg-type]
         fractions = []
         for index in range(logits.shape[1]):
             cam = grad_cam(logits[:, index], maps).abs()
@@ -62,7 +64,7 @@ def lung_masks(images: torch.Tensor, *, batch_size: int = 64, show: bool | None 
                desc: str = "segment") -> torch.Tensor:
     """The bundled segmenter's lung masks ``(N, 1, S, S)`` (uint8, 0/1) of preloaded images ``(N, 1, S, S)``."""
     segmenter = cached_segmenter()
-    masks = []
+    masks: list[torch.Tensor] = []
     for start in progress_bar(range(0, len(images), batch_size), desc=desc, unit="batch", show=show):
         chunk = [image[0].float().numpy() for image in images[start:start + batch_size]]
         masks.extend(torch.from_numpy(mask) for mask in segmenter.masks(chunk))

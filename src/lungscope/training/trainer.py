@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -127,7 +127,9 @@ class Trainer:
         self.classes = list(classes_for(config.labels))
         spec = get_spec(config.model)
         if spec.family == "segmentation":
-            raise ConfigError(f"{spec.name} segments lungs, it does not classify; train it with `lungscope train-segmenter`")
+            raise ConfigError(
+                f"{spec.name} segments lungs, it does not classify; train it with `lungscope train-segmenter`"
+            )
         self.image_size = config.image_size or spec.input_size
 
     # -- set-up -------------------------------------------------------------------------------------------------
@@ -139,7 +141,8 @@ class Trainer:
             if not self.resume:
                 save_manifest(frame, self.out / "split.csv")
         frame = broadcast(frame, self.rank)
-        preprocess = build_preprocess(self.image_size, resize=c.resize, clahe=c.clahe, roi=c.roi, roi_margin=c.roi_margin)
+        preprocess = build_preprocess(self.image_size, resize=c.resize, clahe=c.clahe, roi=c.roi,
+                                      roi_margin=c.roi_margin)
         sets = []
         for split, train in (("train", True), ("val", False)):
             part = frame[frame["split"] == split].reset_index(drop=True)
@@ -169,7 +172,7 @@ class Trainer:
     def _scheduler(self, optimizer: torch.optim.Optimizer, epochs: int):
         c = self.config
         if c.scheduler == "plateau":
-            mode = "min" if c.monitor == "val_loss" else "max"
+            mode: Literal["min", "max"] = "min" if c.monitor == "val_loss" else "max"
             return torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode=mode, factor=c.plateau_factor, patience=c.plateau_patience
             )
@@ -256,7 +259,8 @@ class Trainer:
             _drop_rows_after(metrics_path, state.epoch)
 
         started = time.perf_counter() - state.seconds
-        bar = progress_bar(total=(c.epochs - state.epoch) * len(train_loader), desc=f"train {c.model}", unit="batch", show=self.show)
+        bar = progress_bar(total=(c.epochs - state.epoch) * len(train_loader), desc=f"train {c.model}", unit="batch",
+                           show=self.show)
         try:
             for epoch in range(state.epoch, c.epochs):
                 if epoch == c.freeze_epochs and epoch > 0:

@@ -62,7 +62,8 @@ class SearchParam:
             trial.suggest_categorical(self.name, self.choices)
         elif not (self.zero and trial.suggest_categorical(self.name + _ZERO, [False, True])):
             suggest = trial.suggest_int if self.integer else trial.suggest_float
-            suggest(self.name, self.low, self.high, log=self.log)
+            # an integer option's bounds are whole numbers (suggest_int's stub wants ints)
+            suggest(self.name, self.low, self.high, log=self.log)  # type: ignore[arg-type]
 
 
 def _numeric_kind(name: str) -> type | None:
