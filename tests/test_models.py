@@ -455,15 +455,17 @@ def test_lungscope_cxr_refuses_another_architecture_in_one_line(
 
 def test_lungscope_cxr_input_must_match_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tiny_lungscope_cxr(monkeypatch, tmp_path)
-    check_pretrained_input("lungscope-cxr", image_size=64, normalise="per-image")
+    check_pretrained_input("lungscope-cxr", model_name="cxr-resnet", image_size=64, normalise="per-image")
     for other in (None, "imagenet", tmp_path / "pneumonia.pt"):  # weights that record no input are not checked
-        check_pretrained_input(other, image_size=224, normalise="fixed")
+        check_pretrained_input(other, model_name="resnet18", image_size=224, normalise="fixed")
+    with pytest.raises(ConfigError, match="lungscope-cxr is a cxr-resnet network; it cannot start a resnet18"):
+        check_pretrained_input("lungscope-cxr", model_name="resnet18", image_size=64, normalise="per-image")
     with pytest.raises(ConfigError) as error:
-        check_pretrained_input("lungscope-cxr", image_size=224, normalise="fixed")
+        check_pretrained_input("lungscope-cxr", model_name="cxr-resnet", image_size=224, normalise="fixed")
     assert str(error.value) == ("pretrained lungscope-cxr learnt on 64x64 images normalised per-image; this run has "
                                 "image_size 224, normalise fixed: set image_size: 64, normalise: per-image")
     with pytest.raises(ConfigError, match="this run has normalise fixed: set normalise: per-image$"):
-        check_pretrained_input("lungscope-cxr", image_size=64, normalise="fixed")
+        check_pretrained_input("lungscope-cxr", model_name="cxr-resnet", image_size=64, normalise="fixed")
 
 
 def test_lungscope_cxr_is_the_bundled_classifier() -> None:

@@ -99,13 +99,15 @@ def lungscope_cxr(model_name: str | None = None) -> ChestXrayWeights:
     return weights
 
 
-def check_pretrained_input(pretrained: str | os.PathLike[str] | None, *, image_size: int, normalise: str) -> None:
-    """One-line :class:`ConfigError` if a run starting from ``pretrained`` would feed its body other inputs than the
-    weights learnt on: ``lungscope-cxr`` records its input side and normalisation and a config must use the same
-    (the error says what to set; nothing is adopted silently). Other weights record neither and pass."""
+def check_pretrained_input(
+    pretrained: str | os.PathLike[str] | None, *, model_name: str, image_size: int, normalise: str
+) -> None:
+    """One-line :class:`ConfigError` if a run of ``model_name`` cannot start from ``pretrained`` as configured:
+    ``lungscope-cxr`` is one architecture and records its input side and normalisation, and a config must use the
+    same (the error says what to set; nothing is adopted silently). Other weights record neither and pass."""
     if pretrained != LUNGSCOPE_CXR:
         return
-    weights = lungscope_cxr()
+    weights = lungscope_cxr(model_name)
     wanted = {"image_size": weights.image_size, "normalise": weights.normalise}
     given = {"image_size": image_size, "normalise": normalise}
     differ = [key for key in wanted if given[key] != wanted[key]]

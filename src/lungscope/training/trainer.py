@@ -130,7 +130,8 @@ class Trainer:
         if spec.family == "segmentation":
             raise ConfigError(f"{spec.name} segments lungs, it does not classify; train it with `lungscope train-segmenter`")
         self.image_size = config.image_size or spec.input_size
-        check_pretrained_input(config.pretrained, image_size=self.image_size, normalise=config.normalise)
+        check_pretrained_input(config.pretrained, model_name=config.model, image_size=self.image_size,
+                               normalise=config.normalise)
 
     # -- set-up -------------------------------------------------------------------------------------------------
     def _data(self) -> tuple[AugmentedImages, AugmentedImages]:
