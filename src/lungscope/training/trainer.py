@@ -190,6 +190,7 @@ class Trainer:
         body = [p for p in model.parameters() if all(p is not q for q in head)]
         for parameter in body:
             parameter.requires_grad_(not head_only)
+        groups: list[dict[str, Any]]
         if head_only:
             lr, epochs = c.lr, c.freeze_epochs
             groups = [{"params": head}]
