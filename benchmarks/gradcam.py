@@ -38,7 +38,7 @@ from lungscope.explain import explain
 from lungscope.models import create_model, last_conv_layer
 
 RESULTS = Path(__file__).parent / "results" / "gradcam.md"
-CASES = (("three-block-cnn", 128), ("resnet18", 224))
+CASES = (("three-block-cnn", 128), ("resnet18", 224), ("cxr-resnet", 224))
 BATCH = 16
 BUSY_LOAD = 0.5  # 1-minute load average above which the machine counts as shared
 

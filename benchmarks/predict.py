@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/predict.py [--n 1000] [--model default] [--repeats 3]
 
 Runs what `lungscope predict FOLDER --csv OUT` runs (files decoded in threads while the model works, rows written
-as they are produced) and prints images/s against the issue's target of 200 images/s on this 2-core CPU.
+as they are produced) and prints images/s against the target of 100 images/s on this 2-core CPU.
 Writes benchmarks/results/predict.md.
 """
 
@@ -24,7 +24,7 @@ from lungscope.inference import Classifier
 from lungscope.predict import predict_to_files
 
 REPO = Path(__file__).resolve().parents[1]
-TARGET = 200.0
+TARGET = 100.0  # images/s: the default-model issue's target for the 224-pixel cxr-resnet (was 200 for the 64-pixel model)
 
 
 def main() -> None:

@@ -15,9 +15,10 @@ from lungscope.data.audit import audit_dataset, find_duplicates
 REAL_COUNTS = {"NORMAL": 1341, "PNEUMONIA": 3875}
 
 
-def _png(path: Path, value: int, size: tuple[int, int] = (32, 24)) -> Path:
+def _png(path: Path, value: int, size: tuple[int, int] = (96, 72)) -> Path:
+    """A horizontal ramp from ``value`` up: the same ``value`` and size give the same bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full(size[::-1], value, np.uint8)).save(path)
+    Image.fromarray(np.broadcast_to(np.linspace(value, value + 100, size[0]).astype(np.uint8), size[::-1])).save(path)
     return path
 
 
@@ -62,7 +63,7 @@ def test_real_leak_names_exactly_the_moved_patient(chest_xray: Path, tmp_path: P
 def test_bad_files_duplicates_and_symlinks(tmp_path: Path) -> None:
     root = tmp_path / "collection"
     _png(root / "NORMAL" / "IM-0001-0001.png", 10)
-    _png(root / "NORMAL" / "IM-0002-0001.png", 20, size=(40, 40))
+    _png(root / "NORMAL" / "IM-0002-0001.png", 20, size=(80, 80))
     dup = _png(root / "PNEUMONIA" / "person1_bacteria_1.png", 30)
     shutil.copy(dup, root / "PNEUMONIA" / "person2_bacteria_2.png")
     (root / "PNEUMONIA" / "person3_virus_3.png").write_text("not an image")
@@ -79,7 +80,7 @@ def test_bad_files_duplicates_and_symlinks(tmp_path: Path) -> None:
         ["person1_bacteria_1.png", "person2_bacteria_2.png"]
     ]
     assert [Path(s["path"]).name for s in report["skipped"]] == ["person9_virus_9.png"]
-    assert report["sizes"] == {"32x24": 3, "40x40": 1}
+    assert report["sizes"] == {"96x72": 3, "80x80": 1}
     assert report["modes"] == {"L": 4}
 
 

@@ -60,7 +60,7 @@ def test_onnx_export_carries_what_predict_applies(quick_run: Path, tmp_path: Pat
                                              "bias": best["operating_point"]["bias"]}
     pre = meta["lungscope.preprocessing"]
     assert pre == {"image_size": best["image_size"], "resize": "squash", "clahe": False, "roi": "none",
-                   "roi_margin": 0.05, "mean": 0.5, "std": 0.25}
+                   "roi_margin": 0.05, "normalise": "fixed", "mean": 0.5, "std": 0.25}
 
     preprocess = build_preprocess(pre["image_size"], resize=pre["resize"], clahe=pre["clahe"], roi=pre["roi"],
                                   roi_margin=pre["roi_margin"])

@@ -5,6 +5,7 @@ that predict, evaluate and explain take unchanged, evaluate reproducing the head
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -251,3 +252,24 @@ def test_cli_missing_features_file_is_one_line_error(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("lungscope train-head: error:") and "none.parquet" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_two_stage_model_keeps_its_backbones_preprocessing(quick_run: Path, tmp_path: Path) -> None:
+    """A head on a ``roi: lungs`` backbone predicts on lung crops, as its features were made (it used to forget the
+    crop and predict on whole images)."""
+    backbone = tmp_path / "backbone"
+    shutil.copytree(quick_run, backbone)
+    state = torch.load(backbone / "best.pt", weights_only=True)
+    state["config"] = {**state["config"], "roi": "lungs", "roi_margin": 0.07, "clahe": True}
+    torch.save(state, backbone / "best.pt")
+    split = load_manifest(backbone / "split.csv")
+    split["label"] = [label_for(p, "three-class") for p in split["path"]]
+    rows = split.groupby(["split", "label"]).head(6)[["path", "label", "patient_id"]]
+    rows.to_csv(tmp_path / "images.csv", index=False)
+    extract_features(backbone, tmp_path / "images.csv", tmp_path / "f.parquet", labels="three-class", layer=LAYER)
+    out = tmp_path / "head"
+    train_head(HeadConfig(features=str(tmp_path / "f.parquet"), out=str(out), hidden=[4], epochs=2, n_resamples=20),
+               progress=False)
+    head = Classifier.load(out)
+    assert (head.config["roi"], head.config["roi_margin"], head.config["clahe"]) == ("lungs", 0.07, True)
+    assert head.roi is not None and head.roi.margin == 0.07

@@ -17,7 +17,12 @@ import pytest
 from PIL import Image, PngImagePlugin
 from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import (
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    RLELossless,
+    generate_uid,
+)
 
 from lungscope.data.io import (
     IMAGE_SUFFIXES,
@@ -31,9 +36,9 @@ from lungscope.data.io import (
 )
 from lungscope.errors import ImageReadError
 
-H, W = 30, 40  # not square, so a transposed result is caught
+H, W = 72, 96  # not square (and over the plausibility minimum of 64), so a transposed result is caught
 GREY = np.round(np.add.outer(np.linspace(0, 120, H), np.linspace(0, 135, W))).astype(np.uint8)  # smooth 0..255
-STORED12 = (np.arange(48 * 64).reshape(48, 64) * 3 % 4096).astype(np.uint16)  # 12-bit values, 0 to 4095
+STORED12 = (np.arange(72 * 96).reshape(72, 96) * 7 % 4096).astype(np.uint16)  # 12-bit values, 0 to 4095
 
 
 def _assert_unit_image(pixels: np.ndarray, shape: tuple[int, int]) -> None:
@@ -139,7 +144,7 @@ def test_16bit_png_equals_8bit(tmp_path: Path) -> None:
     ("sbit", "scaled", "expected_bits", "divisor"),
     [
         (12, False, 12, 4095),  # sBIT says 12 bits and the values fit: divide by 4095
-        (None, False, 16, 65535),  # no sBIT: the dtype's full range (reads dark, as documented)
+        (None, False, 16, 4095),  # no sBIT: the smallest detector depth holding the values (12 bits)
         (12, True, 12, 4095),  # sBIT 12 but values scaled to 16 bits as the PNG spec asks
     ],
 )
@@ -158,6 +163,16 @@ def test_12bit_values_in_16bit_png(
     np.testing.assert_allclose(xray.pixels, values / divisor, atol=2e-4 if scaled else 1e-6)
 
 
+@pytest.mark.parametrize(("largest", "divisor"), [(255, 255), (1023, 1023), (1024, 4095), (16383, 16383),
+                                                  (16384, 65535)])
+def test_16bit_grey_without_sbit_uses_the_smallest_detector_depth(tmp_path: Path, largest: int, divisor: int) -> None:
+    values = (GREY.astype(np.uint32) * largest // 255).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "x.png")
+    xray = read_image(tmp_path / "x.png")
+    assert xray.meta["value_range"] == (0, divisor)
+    np.testing.assert_allclose(xray.pixels, values / divisor, atol=1e-6)
+
+
 # --- DICOM -------------------------------------------------------------------------------
 
 
@@ -168,7 +183,7 @@ def test_monochrome1_equals_monochrome2(tmp_path: Path, name: str) -> None:
     _assert_unit_image(mono1.pixels, STORED12.shape)
     np.testing.assert_allclose(mono1.pixels, mono2.pixels, atol=1e-6)
     np.testing.assert_allclose(mono2.pixels, STORED12 / 4095, atol=1e-6)  # no VOI: the 12-bit stored range
-    assert mono1.info == ImageInfo(str(tmp_path / name), "DICOM", 64, 48, "MONOCHROME1", 12)
+    assert mono1.info == ImageInfo(str(tmp_path / name), "DICOM", 96, 72, "MONOCHROME1", 12)
     assert mono1.meta["PatientID"] == "PAT-7" and mono1.meta["ViewPosition"] == "PA"
 
 
@@ -352,7 +367,7 @@ def test_truncated_jpeg_and_png_are_caught(tmp_path: Path, function: Callable) -
 def test_own_pixel_limit_and_no_pillow_bomb_warning(tmp_path: Path) -> None:
     Image.fromarray(GREY).save(tmp_path / "small.png")
     for function in (read_header, read_image, verify_image):
-        with pytest.raises(ImageReadError, match=r"too large: 40x30 is 1,200 pixels, over the limit of 1,000"):
+        with pytest.raises(ImageReadError, match=r"too large: 96x72 is 6,912 pixels, over the limit of 1,000"):
             function(tmp_path / "small.png", max_pixels=1000)
     big = _blank_png(tmp_path / "big.png", 9500, 9500)  # above Pillow's warning level, below ours
     with warnings.catch_warnings():

@@ -8,8 +8,9 @@ An ONNX file also carries what a runtime needs around the graph, as JSON strings
 - ``lungscope.calibration``: ``{"temperature": T, "bias": [b0, b1, ...] or null}``; the calibrated probabilities are
   ``softmax(logits / T + bias)``.
 - ``lungscope.preprocessing``: ``{"image_size", "resize" ("squash" or "pad"), "clahe", "roi" ("none" or "lungs"),
-  "roi_margin", "mean", "std"}``: a [0, 1] grayscale image, cropped to the lungs (roi), equalised (clahe), resized to
-  ``image_size`` squared (antialiased bilinear), then ``(x - mean) / std``.
+  "roi_margin", "normalise" ("fixed" or "per-image"), "mean", "std"}``: a [0, 1] grayscale image, cropped to the
+  lungs (roi), equalised (clahe), resized to ``image_size`` squared (antialiased bilinear), then ``(x - mean) / std``
+  ("fixed") or standardised by the image's own mean and standard deviation ("per-image").
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from lungscope.data.transforms import build_augment_normalise
+from lungscope.data.transforms import build_augment_normalise, preprocessing_of
 from lungscope.errors import ConfigError
 from lungscope.inference import Classifier
 
@@ -39,11 +40,9 @@ def onnx_metadata(classifier: Classifier) -> dict[str, str]:
         "classes": classifier.classes,
         "threshold": classifier.threshold,
         "calibration": {"temperature": classifier.temperature, "bias": classifier.bias},
-        "preprocessing": {
-            "image_size": classifier.image_size, "resize": classifier.resize, "clahe": bool(config.get("clahe", False)),
-            "roi": config.get("roi", "none"), "roi_margin": config.get("roi_margin", 0.05),
-            "mean": float(normalise.mean[0]), "std": float(normalise.std[0]),
-        },
+        # "normalise": "fixed" is (x - mean) / std; "per-image" standardises each image by its own mean and std.
+        "preprocessing": {"image_size": classifier.image_size, **preprocessing_of(config),
+                          "mean": float(normalise.mean[0]), "std": float(normalise.std[0])},
     }
     return {f"lungscope.{key}": json.dumps(value) for key, value in values.items()}
 

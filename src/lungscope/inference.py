@@ -18,7 +18,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from lungscope.checkpoint import load_checkpoint
 from lungscope.data.io import read_image
-from lungscope.data.transforms import build_augment_normalise, build_preprocess
+from lungscope.data.transforms import PREPROCESSING_KEYS, build_augment_normalise, build_preprocess, preprocessing_of
 from lungscope.errors import ConfigError, ImageReadError
 from lungscope.evaluation.calibration import apply_temperature
 from lungscope.models import create_model
@@ -81,11 +81,12 @@ class Classifier:
         self.set_operating_point(operating_point or {})
         self.tta = 1  # test-time augmentation: views per image (see tta_views)
         self.members: list[Classifier] = []  # further ensemble members (see add_members)
-        self.resize: str = config.get("resize", "squash")
-        self.roi = LungCrop(config.get("roi_margin", 0.05)) if config.get("roi", "none") == "lungs" else None
-        preprocess = build_preprocess(image_size, resize=self.resize, clahe=config.get("clahe", False),
-                                      roi=config.get("roi", "none"), roi_margin=config.get("roi_margin", 0.05))
-        normalise = build_augment_normalise(train=False, normalise=config.get("normalise", "fixed"))
+        options = preprocessing_of(config)
+        self.resize: str = options["resize"]
+        self.roi = LungCrop(options["roi_margin"]) if options["roi"] == "lungs" else None
+        preprocess = build_preprocess(image_size, resize=self.resize, clahe=options["clahe"], roi=options["roi"],
+                                      roi_margin=options["roi_margin"])
+        normalise = build_augment_normalise(train=False, normalise=options["normalise"])
         self.transform = lambda pixels: normalise(preprocess(pixels))  # 2-D [0, 1] array -> model input (1, S, S)
 
     def set_operating_point(self, point: dict[str, Any]) -> None:
@@ -113,6 +114,8 @@ class Classifier:
             config = {**config, "roi": roi}
         model = create_model(config["model"], num_classes=len(state["classes"]), **config.get("model_options", {}))
         model.load_state_dict(state["model"])
+        if config.get("channels_last"):  # the memory format it trained in: faster convolutions on CPUs (oneDNN)
+            model = model.to(memory_format=torch.channels_last)
         return cls(model, state["classes"], config, state["image_size"], state.get("operating_point"))
 
     def crop_box(self, pixels: np.ndarray) -> Box | None:
@@ -146,7 +149,7 @@ class Classifier:
         each member's calibrated probabilities are averaged and the decision threshold is the members' mean."""
         for other in others:
             if other.classes != self.classes or other.image_size != self.image_size or any(
-                    other.config.get(k) != self.config.get(k) for k in ("resize", "clahe", "roi", "normalise")):
+                    other.config.get(k) != self.config.get(k) for k in PREPROCESSING_KEYS):
                 raise ConfigError("ensemble members must share classes, image size and preprocessing")
         self.members = [*self.members, *others]
         if self.threshold is not None:

@@ -44,7 +44,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         result = explain_files(args.model, good, args.out, methods=args.explain, batch_size=args.batch_size,
                                roi=args.roi)
         stems = unique_stems([Path(p) for p in good])  # the names explain_files gives its figures
-        figures = {p: str(args.out / f"{stem}_{args.explain[0]}.png") for p, stem in zip(good, stems)}
+        written = set(result["written"])  # a figure that could not be written is not linked
+        figures = {p: figure for p, stem in zip(good, stems)
+                   if (figure := str(args.out / f"{stem}_{args.explain[0]}.png")) in written}
         print(f"wrote {len(result['written'])} explanation figure(s) to {args.out}")
     if args.html:
         page = write_results_page(run.rows, args.out / "index.html", model=str(args.model), figures=figures)

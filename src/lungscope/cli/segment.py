@@ -21,7 +21,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 def _add_segment(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "segment", help="lung masks (255 lung, 0 not) and overlays of X-ray files, at each file's resolution",
+        "segment", help="lung masks (255 lung, 0 not) and overlays of X-ray files, at each file's resolution up to 2,048 pixels a side",
         description="Segment the lung fields of files, folders or glob patterns with the bundled lung U-Net (or "
         "--model): OUT/masks/<stem>.png and OUT/overlays/<stem>.png. The two largest regions are kept and their "
         "holes filled. Unreadable files are listed and skipped (exit code 2).",

@@ -8,13 +8,12 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from lungscope.data.datasets import scan_dataset
-from lungscope.data.io import verify_image
+from lungscope.data.io import UNOPENABLE, read_image, verify_image
 from lungscope.errors import ImageReadError
 from lungscope.progress import progress_bar
 
@@ -22,9 +21,11 @@ _HASH_CHUNK = 1 << 20
 
 
 def _check(path: str) -> tuple[str, str | None, str | None]:
-    """(path, "WxH|MODE" or None, error or None) for one file; never raises for a bad file."""
+    """(path, "WxH|MODE" or None, error or None) for one file; never raises for a bad file. Beyond the integrity
+    check, the decoded image must be a usable chest X-ray with finite values, as predict requires."""
     try:
         info = verify_image(path)
+        read_image(path)
     except ImageReadError as error:
         return path, None, error.reason
     return path, f"{info.width}x{info.height}|{info.mode}", None
@@ -53,7 +54,7 @@ def find_duplicates(paths: Iterable[str]) -> list[list[str]]:
 
 def _split_summary(frame: pd.DataFrame) -> dict[str, Any]:
     return {
-        "n_images": int(len(frame)),
+        "n_images": len(frame),
         "n_patients": int(frame["patient_id"].nunique()),
         "classes": {str(k): int(v) for k, v in frame["label"].value_counts().sort_index().items()},
     }
@@ -69,7 +70,8 @@ def audit_dataset(
     """Audit a folder or CSV manifest of X-rays.
 
     Returns a JSON-ready dict with ``n_images``, ``splits`` (per split: ``n_images``, ``n_patients``, ``classes``),
-    ``unreadable``, ``duplicates`` (groups of byte-identical files), ``leaked_patients`` (patients in more than one
+    ``unreadable`` (files that cannot be opened or decoded, or are not a usable chest X-ray, and folders that cannot
+    be listed), ``duplicates`` (groups of byte-identical files), ``leaked_patients`` (patients in more than one
     split), ``sizes`` (``"WxH"`` counts), ``modes``, plus ``source``, ``labels``, ``n_patients``, ``imbalance``
     (largest over smallest class per split), ``skipped`` (e.g. symlinks out of the tree) and ``seconds``.
     A bad file never stops the audit: it lands in ``unreadable``.
@@ -80,7 +82,8 @@ def audit_dataset(
 
     sizes: Counter[str] = Counter()
     modes: Counter[str] = Counter()
-    unreadable: list[dict[str, str]] = []
+    unreadable = [entry for entry in skipped if entry["error"].startswith(UNOPENABLE)]
+    skipped = [entry for entry in skipped if entry not in unreadable]
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         checks = pool.map(_check, paths, chunksize=16)
         bar = progress_bar(checks, total=len(paths), desc="audit", unit="img", show=progress)

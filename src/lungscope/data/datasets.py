@@ -29,8 +29,20 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from lungscope.data.io import IMAGE_SUFFIXES, is_image_candidate, read_image
-from lungscope.data.labels import CLASS_NAMES, canonical_label, classes_for, label_for, patient_id
+from lungscope.data.io import (
+    IMAGE_SUFFIXES,
+    entry_problem,
+    is_image_candidate,
+    named_like_image,
+    read_image,
+)
+from lungscope.data.labels import (
+    CLASS_NAMES,
+    canonical_label,
+    classes_for,
+    label_for,
+    patient_id,
+)
 from lungscope.data.splits import load_manifest
 from lungscope.errors import DatasetError
 
@@ -44,22 +56,21 @@ def _ignored(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
-def _link_problem(link: Path, tree: Path) -> str | None:
-    """Why a symlink is not followed (its target is outside ``tree`` or missing), or None."""
-    target = link.resolve()
-    if not target.is_relative_to(tree):
-        return f"symlink points outside {tree} (to {target}): not followed"
-    if not target.exists():
-        return f"broken symlink (to {target})"
-    return None
+def _outside(link: Path, tree: Path) -> str | None:
+    """Why a symlink is not followed because its target lies outside ``tree``, or None."""
+    target = Path(os.path.realpath(link))  # unlike Path.resolve() on Python 3.11, no RuntimeError on a loop
+    return None if target.is_relative_to(tree) else f"symlink points outside {tree} (to {target}): not followed"
 
 
 def find_images(root: str | os.PathLike[str]) -> tuple[list[Path], Skipped]:
     """Every image file below ``root`` (by :func:`~lungscope.data.io.is_image_candidate`), sorted, and what was skipped.
 
-    Hidden entries and ``__MACOSX`` folders are ignored. A symlink is followed only to a file inside ``root``;
-    one pointing outside ``root`` (file or folder) or to nothing is skipped and reported as
-    ``{"path": ..., "error": ...}``. Links to folders inside ``root`` are not entered: their targets are scanned anyway.
+    The one folder walker of lungscope (predict, explain, segment, audit and the data sets use it). Hidden entries
+    and ``__MACOSX`` folders are ignored. A symlink is followed only to a file inside ``root``; one pointing outside
+    ``root`` (file or folder) is skipped. Links to folders inside ``root`` are not entered (their targets are scanned
+    anyway), and a folder is entered once (by device and inode), so no link or mount loop can recurse. Skipped, as
+    ``{"path": ..., "error": ...}``: those links, folders that cannot be listed ("permission denied"), and entries
+    named like images that cannot be opened (broken symlink, symlink loop, a FIFO, socket or device: never opened).
     """
     root = Path(root).absolute()
     if not root.is_dir():
@@ -67,18 +78,33 @@ def find_images(root: str | os.PathLike[str]) -> tuple[list[Path], Skipped]:
     tree = root.resolve()
     images: list[Path] = []
     skipped: Skipped = []
-    # os.walk (followlinks=False) lists linked folders among ``dirs`` but never enters them.
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if not _ignored(d)]
-        for name in dirs:
-            if (link := Path(folder, name)).is_symlink() and (problem := _link_problem(link, tree)):
-                skipped.append({"path": str(link), "error": problem})
-        for name in files:
-            path = Path(folder, name)
-            if _ignored(name):
+    visited: set[tuple[int, int]] = set()
+    folders = [root]
+    while folders:
+        folder = folders.pop()
+        try:
+            status = folder.stat()
+            if (status.st_dev, status.st_ino) in visited:
                 continue
-            if path.is_symlink() and (problem := _link_problem(path, tree)):
+            visited.add((status.st_dev, status.st_ino))
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError as exc:
+            reason = "permission denied" if isinstance(exc, PermissionError) else f"cannot open: {exc.strerror or exc}"
+            skipped.append({"path": str(folder), "error": f"{reason}: the folder cannot be listed"})
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            if _ignored(entry.name):
+                continue
+            if entry.is_symlink() and (problem := _outside(path, tree)):
                 skipped.append({"path": str(path), "error": problem})
+            elif os.path.isdir(path):  # os.path, unlike DirEntry, answers False for a symlink loop
+                if not entry.is_symlink():
+                    folders.append(path)
+            elif not os.path.isfile(path):  # broken link, link loop, FIFO, socket, device: reported, never opened
+                if named_like_image(path):
+                    skipped.append({"path": str(path), "error": entry_problem(path) or "not a regular file"})
             elif is_image_candidate(path):
                 images.append(path)
     return sorted(images), sorted(skipped, key=lambda s: s["path"])

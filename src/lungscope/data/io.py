@@ -10,11 +10,12 @@ How values become [0, 1] (bright = dense, as MONOCHROME2):
   (ITU-R BT.601) divided by 255. Alpha and palette transparency are *dropped*, not composited: an
   X-ray's grey values mean density, and blending them with a made-up background would change them.
   Pillow decodes 16-bit *colour* PNG/TIFF to 8 bits per channel; 16-bit grey keeps its precision.
-* 16-bit grey (``I;16``): divided by 65535, so an 8-bit image saved as 16 bits (values * 257) reads
-  identically. A 16-bit PNG whose ``sBIT`` chunk declares fewer significant bits (say 12) and whose
-  values all fit those bits is divided by 2**12 - 1 instead; if its values exceed them, they were
-  scaled to 16 bits as the PNG spec asks, and 65535 is used. 12-bit data in 16 bits *without* sBIT
-  uses the full 16-bit range (it reads dark): the file gives no reliable way to tell.
+* 16-bit grey (``I;16``): divided by 2**bits - 1, where ``bits`` is the PNG ``sBIT`` chunk's significant
+  bits when it declares fewer than 16 and the values fit them (values beyond them were scaled to 16 bits,
+  as the PNG spec asks: 16 is used); otherwise the smallest detector depth of 8, 10, 12, 14 or 16 bits
+  that holds the image's largest value. So 12-bit data stored in 16 bits without sBIT (0-4095) reads like
+  the same X-ray in 8 bits instead of nearly black, and an 8-bit image saved as 16 bits (values * 257)
+  reads identically. ``meta["value_range"]`` gives the range used.
 * 32-bit integer or float (``I``, ``F``): stretched from the image's own minimum to maximum.
 * DICOM grey: the Modality LUT or RescaleSlope/Intercept, then the first VOI LUT (preferred) or the
   first WindowCenter/Width, mapped from that transform's output range to [0, 1]; without a VOI the
@@ -22,36 +23,61 @@ How values become [0, 1] (bright = dense, as MONOCHROME2):
   MONOCHROME1 is then inverted. Colour DICOM (3 samples): BT.601 luminance over 2**BitsStored - 1.
   Multi-frame DICOM and multi-page TIFF: only the first frame is read (``meta["frames"]`` says so).
 
-EXIF orientation is applied; :class:`ImageInfo` width and height are those of the upright image, so
-``read_image(p).pixels.shape == (info.height, info.width)`` (a PNG's eXIf chunk placed after the pixel
-data is only seen by ``read_image``, not by ``read_header``).
+EXIF orientation is applied; :class:`ImageInfo` width and height are those of the upright image in the
+file (a PNG's eXIf chunk placed after the pixel data is only seen by ``read_image``, not by ``read_header``).
+
+Working size: ``read_image`` returns at most :data:`WORKING_SIDE` pixels on the longest side, aspect ratio kept
+(``pixels.shape == (info.height, info.width)`` for smaller images; ``meta["downscaled_from"]`` says when it
+was reduced). Memory follows what is decoded, not what a header declares: a JPEG is decoded at a reduced
+DCT scale (Pillow's ``draft``), other formats are decoded, brought to grey and reduced (Pillow's
+``resize`` with ``reducing_gap``, OpenCV's area resize for DICOM) while still 8/16-bit integers, and only then turned into
+float32. A JPEG whose compressed data is too small to hold its declared size (under one byte per
+:data:`_JPEG_PIXELS_PER_BYTE` pixels) is refused as truncated: libjpeg would fill the missing part with
+grey without an error.
 
 Size limit: ``max_pixels`` is checked from the header before any decoding (for DICOM, Rows * Columns *
-frames). Pillow's own hard limit, 2 * ``PIL.Image.MAX_IMAGE_PIXELS`` (about 179 million), also applies
-and is reported as "too large"; its warning is silenced, since ``max_pixels`` replaces it.
+frames; for a deflated DICOM before anything past its image header is inflated, and its inflated size is
+capped by what those pixels need). Pillow's own hard limit, 2 * ``PIL.Image.MAX_IMAGE_PIXELS`` (about
+179 million), also applies and is reported as "too large"; its warning is silenced, since ``max_pixels``
+replaces it.
+
+Refused as well: anything but a regular file (a FIFO, socket or device is never opened, so a read cannot
+hang), non-finite pixel values (NaN/inf, e.g. a float TIFF or a NaN RescaleSlope), and, in ``read_image``,
+an image that is not a usable chest X-ray (:mod:`lungscope.data.plausibility`: tiny, extreme aspect ratio,
+blank), which raises :class:`~lungscope.data.plausibility.ImplausibleImageError`.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import struct
 import threading
 import warnings
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from io import BytesIO
 from os import PathLike
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pydicom
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset, read_file_meta_info
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, pixel_array
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
+from lungscope.data.plausibility import check_plausible
 from lungscope.errors import ImageReadError
 
 MAX_PIXELS: int = 100_000_000
+WORKING_SIDE: int = 2048  # longest side of what read_image returns: well above any model input, a bounded array
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".dcm", ".dicom"}
 )
@@ -68,6 +94,18 @@ _WARNINGS_LOCK = threading.Lock()
 # What Pillow's and pydicom's messages say when a file is cut short, or needs a codec we lack.
 _TRUNCATED_WORDS = ("truncated", "end of file", "less than expected")
 _UNSUPPORTED_WORDS = ("not supported", "missing dependencies")
+# Huffman-coded JPEG needs at least one bit per 8x8 block (its DC code), one byte per 512 pixels; 8 times less
+# leaves room for arithmetic coding. Fewer bytes than this cannot hold the declared size: the rest is missing.
+_JPEG_PIXELS_PER_BYTE = 4096
+_DEFLATED_HEADER_BYTES = 1 << 20  # inflated bytes allowed for a deflated DICOM's elements before its pixel data
+_DETECTOR_BITS = (8, 10, 12, 14, 16)  # bit depths of 16-bit grey data without sBIT: the smallest that fits is used
+# EXIF orientation -> the transpose that makes the image upright, as ImageOps.exif_transpose applies it. Written
+# out because exif_transpose reads the EXIF of the opened file, which the grey, reduced copy no longer carries.
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 @dataclass(frozen=True)
@@ -91,8 +129,39 @@ class XRay:
     meta: dict[str, object]
 
 
+# How entry_problem's reasons (and the folder walker's "permission denied") begin: what cannot even be opened.
+UNOPENABLE = ("file not found", "broken symlink", "symlink loop", "cannot open", "not a regular file",
+              "permission denied")
+
+
+def entry_problem(path: str | PathLike[str]) -> str | None:
+    """Why ``path`` cannot be read as a file, found without opening it (missing, broken symlink, symlink loop, not a
+    regular file, no access; a folder), or None for a regular file. A FIFO or device is never opened."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return f"broken symlink (to {os.readlink(path)})" if os.path.islink(path) else "file not found"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop: not followed"
+        return f"cannot open: {exc.strerror or exc}"
+    if stat.S_ISDIR(mode):
+        return "not an image: it is a directory"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a FIFO, socket or device): not opened"
+    return None
+
+
+def named_like_image(path: str | PathLike[str]) -> bool:
+    """A supported suffix, no suffix or a UID-like numeric one (DICOM files are often named so)."""
+    suffix = Path(path).suffix.lower()
+    return suffix in IMAGE_SUFFIXES or not suffix or suffix[1:].isdigit()
+
+
 def sniff_format(path: str | PathLike[str]) -> str | None:
-    """Return the format named by the file's magic bytes, or None if unknown or unreadable."""
+    """Return the format named by the file's magic bytes, or None if unknown, unreadable or not a regular file."""
+    if entry_problem(path) is not None:
+        return None
     try:
         with open(path, "rb") as f:
             return _format_of(f.read(_HEAD_BYTES))
@@ -102,11 +171,8 @@ def sniff_format(path: str | PathLike[str]) -> str | None:
 
 def is_image_candidate(path: str | PathLike[str]) -> bool:
     """True for a supported suffix, or for a DICOM file (by content) with no suffix or a UID-like name."""
-    suffix = Path(path).suffix.lower()
-    if suffix in IMAGE_SUFFIXES:
-        return True
     # DICOM files often have no suffix, or are named by a UID such as "1.2.840.113619.2.55.7" (suffix ".7").
-    return (not suffix or suffix[1:].isdigit()) and sniff_format(path) == "DICOM"
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES or (named_like_image(path) and sniff_format(path) == "DICOM")
 
 
 def read_header(path: str | PathLike[str], *, max_pixels: int = MAX_PIXELS) -> ImageInfo:
@@ -116,25 +182,17 @@ def read_header(path: str | PathLike[str], *, max_pixels: int = MAX_PIXELS) -> I
     if fmt == "DICOM":
         return _dicom_header(path, max_pixels)[1]
     with _open_raster(path, fmt, max_pixels) as im:
-        return _raster_info(path, fmt, im, _orientation(im, fmt))
+        return _raster_info(path, fmt, im, _orientation(im, fmt), im.size)
 
 
 def read_image(path: str | PathLike[str], *, max_pixels: int = MAX_PIXELS) -> XRay:
-    """Decode a whole image to 2-D float32 in [0, 1] (see the module docstring). Raises ImageReadError."""
+    """Decode an image to 2-D float32 in [0, 1], at most :data:`WORKING_SIDE` on the longest side (see the module
+    docstring). Raises ImageReadError, and ImplausibleImageError for an image that cannot be a chest X-ray."""
     path = Path(path)
     fmt = _identify(path)
-    if fmt == "DICOM":
-        return _read_dicom(path, max_pixels)
-    with _open_raster(path, fmt, max_pixels) as im:
-        im.load()
-        orientation = _orientation(im, fmt)
-        info = _raster_info(path, fmt, im, orientation)
-        pixels, meta = _raster_pixels(ImageOps.exif_transpose(im) if orientation != 1 else im, info.bit_depth)
-        if orientation != 1:
-            meta["exif_orientation"] = orientation
-        if (frames := getattr(im, "n_frames", 1)) > 1:
-            meta["frames"] = f"first of {frames} used"
-    return XRay(pixels=_unit_float32(pixels), info=info, meta=meta)
+    xray = _read_dicom(path, max_pixels) if fmt == "DICOM" else _read_raster(path, fmt, max_pixels)
+    check_plausible(str(path), xray.pixels, xray.info.width, xray.info.height)
+    return xray
 
 
 def verify_image(path: str | PathLike[str], *, max_pixels: int = MAX_PIXELS) -> ImageInfo:
@@ -146,12 +204,12 @@ def verify_image(path: str | PathLike[str], *, max_pixels: int = MAX_PIXELS) -> 
     path = Path(path)
     fmt = _identify(path)
     if fmt == "DICOM":
-        info = _dicom_header(path, max_pixels)[1]
+        ds, info = _dicom_header(path, max_pixels)
         with _decoding(path):
-            pixel_array(path, index=0)
+            _dicom_frame(path, ds)
         return info
     with _open_raster(path, fmt, max_pixels) as im:
-        info = _raster_info(path, fmt, im, _orientation(im, fmt))
+        info = _raster_info(path, fmt, im, _orientation(im, fmt), im.size)
         if fmt == "PNG":
             im.verify()
         else:
@@ -182,15 +240,13 @@ def _format_of(head: bytes) -> str | None:
 
 
 def _identify(path: Path) -> str:
-    """Check that the file exists, is readable and not empty; return its format by content."""
+    """Check that the file is a regular file, readable and not empty; return its format by content."""
+    if (problem := entry_problem(path)) is not None:
+        raise ImageReadError(path, problem)
     try:
         size = path.stat().st_size
         with path.open("rb") as f:
             head = f.read(_HEAD_BYTES)
-    except FileNotFoundError:
-        raise ImageReadError(path, "file not found") from None
-    except IsADirectoryError:
-        raise ImageReadError(path, "not an image: it is a directory") from None
     except OSError as exc:
         raise ImageReadError(path, f"cannot open: {exc.strerror or exc}") from exc
     if size == 0:
@@ -238,8 +294,19 @@ def _check_size(path: Path, pixels: int, shape: str, max_pixels: int) -> None:
         raise ImageReadError(path, f"too large: {shape} is {pixels:,} pixels, over the limit of {max_pixels:,}")
 
 
+def _check_finite(path: Path, values: np.ndarray) -> None:
+    if not np.isfinite(values).all():
+        raise ImageReadError(path, "non-finite pixel values (NaN/inf)")
+
+
 def _unit_float32(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.clip(values, 0.0, 1.0), dtype=np.float32)
+
+
+def _working_shape(height: int, width: int) -> tuple[int, int]:
+    """(height, width) scaled so that the longest side is at most WORKING_SIDE, aspect ratio kept."""
+    scale = min(1.0, WORKING_SIDE / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 # --- Pillow formats --------------------------------------------------------------------------
@@ -255,6 +322,9 @@ def _open_raster(path: Path, fmt: str, max_pixels: int) -> Iterator[Image.Image]
             im = Image.open(path, formats=[fmt])
         with im:
             _check_size(path, im.width * im.height, f"{im.width}x{im.height}", max_pixels)
+            if fmt == "JPEG" and (size := path.stat().st_size) * _JPEG_PIXELS_PER_BYTE < im.width * im.height:
+                raise ImageReadError(path, f"truncated: {size:,} bytes of JPEG cannot hold {im.width}x{im.height} "
+                                           "pixels (the missing part would read as grey)")
             yield im
 
 
@@ -266,8 +336,9 @@ def _orientation(im: Image.Image, fmt: str) -> int:
     return value if value in range(1, 9) else 1
 
 
-def _raster_info(path: Path, fmt: str, im: Image.Image, orientation: int) -> ImageInfo:
-    width, height = (im.height, im.width) if orientation in _SWAPS_AXES else im.size
+def _raster_info(path: Path, fmt: str, im: Image.Image, orientation: int, size: tuple[int, int]) -> ImageInfo:
+    """The header's description; ``size`` is the file's (width, height), which a JPEG draft does not change."""
+    width, height = size[::-1] if orientation in _SWAPS_AXES else size
     if im.mode.startswith("I;16"):
         bits = (_png_sbit(path) if fmt == "PNG" else None) or 16
     else:
@@ -290,20 +361,54 @@ def _png_sbit(path: Path) -> int | None:
     return None
 
 
-def _raster_pixels(im: Image.Image, bit_depth: int) -> tuple[np.ndarray, dict[str, object]]:
+def _read_raster(path: Path, fmt: str, max_pixels: int) -> XRay:
+    """Decode (a JPEG at a reduced DCT scale), bring to grey, reduce to the working size, then make float."""
+    with _open_raster(path, fmt, max_pixels) as im:
+        size = im.size
+        if fmt == "JPEG":
+            im.draft(None, _working_shape(im.height, im.width)[::-1])  # a scale of 1/2, 1/4 or 1/8 that still covers it
+        im.load()
+        orientation = _orientation(im, fmt)
+        info = _raster_info(path, fmt, im, orientation, size)
+        meta: dict[str, object] = {"alpha": "dropped"} if "A" in im.mode or "transparency" in im.info else {}
+        if (frames := getattr(im, "n_frames", 1)) > 1:
+            meta["frames"] = f"first of {frames} used"
+        grey = im if im.mode.startswith("I;16") or im.mode in ("I", "F") else im.convert("L")
+        top = _grey_top(grey, info.bit_depth)  # from the full image, before reducing averages values
+        if (target := _working_shape(*size[::-1])[::-1]) != grey.size:  # from the file's size: a draft rounds
+            grey = grey.resize(target, Image.Resampling.BOX, reducing_gap=2.0)  # integer reduce() first, then box
+        if orientation != 1:
+            grey = grey.transpose(_UPRIGHT[orientation])
+            meta["exif_orientation"] = orientation
+    if (info.height, info.width) != grey.size[::-1]:
+        meta["downscaled_from"] = (info.height, info.width)
+    return XRay(pixels=_unit_float32(_raster_unit(path, grey, top, meta)), info=info, meta=meta)
+
+
+def _grey_top(grey: Image.Image, bit_depth: int) -> int:
+    """The value that reads as 1.0 for 16-bit grey: sBIT's if the values fit it, else the smallest detector depth
+    holding the largest value (module docstring); 255 for 8-bit grey; 0 (unused) for I and F."""
+    if grey.mode == "L":
+        return 255
+    if not grey.mode.startswith("I;16"):
+        return 0
+    largest = grey.getextrema()[1]
+    if bit_depth < 16:  # sBIT; values beyond it were scaled to 16 bits
+        return 2**bit_depth - 1 if largest < 2**bit_depth else 2**16 - 1
+    return 2 ** min(b for b in _DETECTOR_BITS if largest < 2**b) - 1
+
+
+def _raster_unit(path: Path, grey: Image.Image, top: int, meta: dict[str, object]) -> np.ndarray:
     """Grey values in [0, 1] by mode, as the module docstring describes."""
-    if im.mode.startswith("I;16"):
-        values = np.asarray(im).astype(np.float32)
-        top = 2**bit_depth - 1
-        if values.max() > top:  # sBIT was declared but the values were scaled to 16 bits
-            top = 2**16 - 1
-        return values / top, {"value_range": (0, top)}
-    if im.mode in ("I", "F"):
-        values = np.asarray(im).astype(np.float64)
+    if grey.mode in ("I", "F"):
+        values = np.asarray(grey, dtype=np.float64)
+        _check_finite(path, values)
         low, high = float(values.min()), float(values.max())
-        return (values - low) / ((high - low) or 1.0), {"value_range": (low, high)}
-    meta: dict[str, object] = {"alpha": "dropped"} if "A" in im.mode or "transparency" in im.info else {}
-    return np.asarray(im.convert("L"), dtype=np.float32) / 255.0, meta
+        meta["value_range"] = (low, high)
+        return (values - low) / ((high - low) or 1.0)
+    if grey.mode != "L":
+        meta["value_range"] = (0, top)
+    return np.asarray(grey, dtype=np.float32) / top
 
 
 # --- DICOM -----------------------------------------------------------------------------------
@@ -314,12 +419,53 @@ def _dicom_header(path: Path, max_pixels: int) -> tuple[Dataset, ImageInfo]:
     with _decoding(path):
         # pydicom only warns when the file ends inside an element (and drops it): make that an error.
         with _warnings_filtered("error", message="End of file reached", category=UserWarning):
-            ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
-        return ds, _dicom_info(path, ds, max_pixels)
+            meta = read_file_meta_info(path)
+            if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+                ds, size = _inflated_dicom(path, meta, max_pixels)
+            else:
+                ds, size = pydicom.dcmread(path, defer_size=_DEFER_BYTES), path.stat().st_size
+        return ds, _dicom_info(path, ds, max_pixels, size)
 
 
-def _dicom_info(path: Path, ds: Dataset, max_pixels: int) -> ImageInfo:
-    """Check a DICOM header (pixel data present, size, photometric interpretation) and describe it."""
+def _inflated_dicom(path: Path, meta: Dataset, max_pixels: int) -> tuple[Dataset, int]:
+    """A deflated DICOM's data set and its inflated size, inflated only as far as its Rows, Columns, frames,
+    samples and BitsAllocated allow: pydicom would inflate all of it before any element can be checked."""
+    # Hand-written because pydicom inflates the whole stream at once (a 1.5 MB file can hold 1.5 GB of zeros).
+    with path.open("rb") as f:
+        f.seek(_HEAD_BYTES + 12 + int(meta.FileMetaInformationGroupLength))  # after the (0002,0000) element's group
+        compressed = f.read()
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    head = inflater.decompress(compressed, _DEFLATED_HEADER_BYTES)
+    # Stops before the first element past the image pixel module (group 0028); a header that does not fit in
+    # _DEFLATED_HEADER_BYTES ends inside an element, which _dicom_header's filter makes an error.
+    header = read_dataset(BytesIO(head), False, True, stop_when=lambda tag, *_: tag.group > 0x0028)
+    rows, columns, frames = int(header.get("Rows") or 0), int(header.get("Columns") or 0), _frames(header)
+    if not rows or not columns:
+        raise ImageReadError(path, "corrupt or unreadable: deflated DICOM without Rows/Columns in its first "
+                                   f"{_DEFLATED_HEADER_BYTES:,} inflated bytes")
+    _check_size(path, rows * columns * frames, f"{columns}x{rows}x{frames} frames", max_pixels)
+    samples, bits = int(header.get("SamplesPerPixel") or 1), int(header.get("BitsAllocated") or 16)
+    cap = _DEFLATED_HEADER_BYTES + rows * columns * frames * samples * -(-bits // 8)
+    body = head + inflater.decompress(inflater.unconsumed_tail, max(1, cap - len(head)))
+    if inflater.unconsumed_tail:
+        raise ImageReadError(path, f"too large: the deflated data inflates past {cap:,} bytes, more than its "
+                                   f"{columns}x{rows}x{frames} pixels need")
+    if not inflater.eof:
+        raise ImageReadError(path, "truncated: the deflated data ends before its end marker")
+    ds = read_dataset(BytesIO(body), False, True)
+    ds.file_meta = meta
+    return ds, len(body)
+
+
+def _dicom_frame(path: Path, ds: Dataset) -> np.ndarray:
+    """The first frame's stored values, read from disk (only that frame) or from an inflated data set."""
+    deflated = ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+    return pixel_array(ds if deflated else path, index=0)
+
+
+def _dicom_info(path: Path, ds: Dataset, max_pixels: int, size: int) -> ImageInfo:
+    """Check a DICOM header (pixel data present within ``size`` bytes, size, photometric interpretation) and
+    describe it."""
     if "PixelData" not in ds:
         raise ImageReadError(path, "no pixel data: the DICOM file has no (7FE0,0010) Pixel Data element")
     # A raw (deferred) element gives its position and declared length without reading the value; an element that
@@ -327,7 +473,7 @@ def _dicom_info(path: Path, ds: Dataset, max_pixels: int) -> ImageInfo:
     pixel_data = ds.get_item("PixelData")
     length = getattr(pixel_data, "length", None)
     if length is not None and length != _UNDEFINED_LENGTH and (
-        missing := pixel_data.value_tell + length - path.stat().st_size
+        missing := pixel_data.value_tell + length - size
     ) > 0:
         raise ImageReadError(path, f"truncated: the pixel data ends {missing:,} bytes after the end of the file")
     rows, columns, frames = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0), _frames(ds)
@@ -352,17 +498,23 @@ def _read_dicom(path: Path, max_pixels: int) -> XRay:
             meta["frames"] = f"first of {frames} used"
         if "RescaleSlope" in ds or "RescaleIntercept" in ds:
             meta["rescale"] = (float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0)))
-        frame = pixel_array(path, index=0)  # reads only the first frame from disk
+        frame = _dicom_frame(path, ds)
+        if (shape := _working_shape(*frame.shape[:2])) != frame.shape[:2]:
+            # OpenCV's area average keeps 8/16-bit integers integers (a VOI LUT indexes by them); others go float32.
+            stored = frame if frame.dtype in (np.uint8, np.uint16, np.int16) else frame.astype(np.float32)
+            frame = cv2.resize(stored, shape[::-1], interpolation=cv2.INTER_AREA)
+            meta["downscaled_from"] = (info.height, info.width)
         if info.mode in _MONOCHROME:
-            pixels = _dicom_grey(frame, ds, meta)
+            pixels = _dicom_grey(path, frame, ds, meta)
         else:  # three samples; pydicom has already turned YBR into RGB
             pixels = frame @ _LUMA / (2**info.bit_depth - 1)
     return XRay(pixels=_unit_float32(pixels), info=info, meta=meta)
 
 
-def _dicom_grey(frame: np.ndarray, ds: Dataset, meta: dict[str, object]) -> np.ndarray:
+def _dicom_grey(path: Path, frame: np.ndarray, ds: Dataset, meta: dict[str, object]) -> np.ndarray:
     """Modality LUT/rescale, then VOI LUT or window, mapped to [0, 1]; MONOCHROME1 inverted."""
     values = apply_modality_lut(frame, ds)
+    _check_finite(path, values)  # a NaN RescaleSlope; windowing would hide it
     if luts := ds.get("VOILUTSequence"):
         entries, first = int(luts[0].LUTDescriptor[0]) or 2**16, int(luts[0].LUTDescriptor[1])
         table = apply_voi(np.arange(first, first + entries), ds)

@@ -7,7 +7,7 @@ Random steps use torchvision.transforms.v2, hence torch's RNG: ``torch.manual_se
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 import math
 from dataclasses import dataclass, fields
 from functools import partial
@@ -88,6 +88,16 @@ class ResizeImage:
 
 
 NORMALISATIONS = ("fixed", "per-image")
+# The run-config keys that shape a model's input besides its image size, with their defaults (TrainConfig's too):
+# whatever reuses a model (a two-stage head on its backbone, an ensemble member, an export) carries or matches these.
+PREPROCESSING_DEFAULTS: dict[str, object] = {"resize": "squash", "clahe": False, "roi": "none", "roi_margin": 0.05,
+                                             "normalise": "fixed"}
+PREPROCESSING_KEYS = tuple(PREPROCESSING_DEFAULTS)
+
+
+def preprocessing_of(config: Mapping[str, object]) -> dict[str, object]:
+    """The preprocessing options a run config states (older runs lack some: their defaults)."""
+    return {key: config.get(key, default) for key, default in PREPROCESSING_DEFAULTS.items()}
 
 
 class RandomGamma(v2.Transform):

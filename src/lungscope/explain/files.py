@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 
 from lungscope.data.datasets import find_images
 from lungscope.data.io import read_image
+from lungscope.data.naming import unique_stems
 from lungscope.data.splits import load_manifest
 from lungscope.data.transforms import build_preprocess
 from lungscope.device import select_device
@@ -53,16 +54,6 @@ def collect_images(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[Path],
     readable is a failure, not an error."""
     files, failed = collect_inputs(paths)
     return [Path(f) for f in files], failed
-
-
-def unique_stems(paths: Sequence[Path]) -> list[str]:
-    """Each file's stem, made unique with ``-2``, ``-3``... when two files share one (output names, npz keys)."""
-    seen: dict[str, int] = {}
-    stems = []
-    for path in paths:
-        seen[path.stem] = seen.get(path.stem, 0) + 1
-        stems.append(path.stem if seen[path.stem] == 1 else f"{path.stem}-{seen[path.stem]}")
-    return stems
 
 
 def _decide(classifier: Classifier, logits: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
@@ -119,9 +110,11 @@ def explain_files(
     progress: bool | None = None,
     roi: str | None = None,
 ) -> dict[str, Any]:
-    """Explain image files and folders with a run: ``OUT/<stem>_<method>.png`` (X-ray, map, overlay on the
-    original image, titled with the prediction; an ROI model's map drawn in its lung box) per image and method, and ``OUT/maps.npz`` with the raw signed
-    maps at the model's resolution under ``<stem>/<method>``. Bad files are skipped and listed under ``failed``.
+    """Explain image files and folders with a run: ``OUT/<stem>_<method>.png`` (X-ray, map, overlay on the image
+    as read, at most :data:`~lungscope.data.io.WORKING_SIDE` pixels on a side, titled with the prediction; an ROI
+    model's map drawn in its lung box) per image and method, and ``OUT/maps.npz`` with the raw signed maps at the
+    model's resolution under ``<stem>/<method>``; stems from :func:`~lungscope.data.naming.unique_stems`. Bad files,
+    and figures that cannot be written, are listed under ``failed`` and the run goes on.
     A :class:`~lungscope.explain.sanity.SanityWarning` is issued per untrusted method."""
     default_cmap(sign)  # a bad sign or method is reported before any work
     for method in methods:
@@ -153,7 +146,11 @@ def explain_files(
                         title = (f"{path.name}: {prediction_title(classifier.classes, probs[i], int(targets[i]))}"
                                  f"; {method}" + (f" at {explanation.layer}" if explanation.layer else ""))
                         png = out / f"{stems[path]}_{method}.png"
-                        _figure(pixels, explanation.maps[i], classifier, title, style).savefig(png, dpi=100)
+                        try:
+                            _figure(pixels, explanation.maps[i], classifier, title, style).savefig(png, dpi=100)
+                        except OSError as error:
+                            failed.append({"path": str(path), "error": f"cannot write {png}: {error.strerror or error}"})
+                            continue
                         written.append(str(png))
             bar.update(len(batch))
     np.savez_compressed(out / "maps.npz", **maps)
@@ -180,7 +177,7 @@ def activation_files(
     channels = top_channels(activations, top, box_region(region) if region else None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = Path(image).stem
+    (stem,) = unique_stems([image])
     grid = out / f"{stem}_{name}_activations.png"
     activation_grid_figure(activations, title=f"{Path(image).name}: activations of {name}").savefig(grid, dpi=100)
     shown = _on_model_grid(classifier, pixels)

@@ -1,4 +1,5 @@
-"""``lungscope segment``: lung masks and overlays of X-ray files, at each file's own resolution."""
+"""``lungscope segment``: lung masks and overlays of X-ray files, at the size they are read at (each file's own
+size up to :data:`~lungscope.data.io.WORKING_SIDE` pixels on the longest side)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import cv2
 import numpy as np
 
 from lungscope.data.io import read_image
+from lungscope.data.naming import unique_stems
 from lungscope.errors import ImageReadError
 from lungscope.predict import collect_inputs
 from lungscope.progress import progress_bar
@@ -36,29 +38,32 @@ def segment_files(
     segmenter: str | os.PathLike[str] = "default",
     progress: bool | None = None,
 ) -> dict[str, Any]:
-    """Segment files, folders and globs: ``OUT/masks/<stem>.png`` (255 lung, 0 not, the input's size) and
-    ``OUT/overlays/<stem>.png``. Returns ``written`` (mask paths), ``lung_fraction`` per mask and ``failed``
-    (``{"path", "error"}`` for what could not be read: the others are still written)."""
-    from lungscope.explain.files import (
-        unique_stems,  # the names explain and predict give their figures
-    )
-
+    """Segment files, folders and globs: ``OUT/masks/<stem>.png`` (255 lung, 0 not) and ``OUT/overlays/<stem>.png``,
+    at the size :func:`~lungscope.data.io.read_image` reads the input at: its own, or reduced to
+    :data:`~lungscope.data.io.WORKING_SIDE` pixels on the longest side, aspect ratio kept. Stems from
+    :func:`~lungscope.data.naming.unique_stems`. Returns ``written`` (mask paths), ``lung_fraction`` per mask and
+    ``failed`` (``{"path", "error"}`` for what could not be read or written: the others are still written)."""
     model = LungSegmenter.load(segmenter)
     files, failed = collect_inputs(paths)
     out = Path(out)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     written, fractions = [], {}
-    stems = unique_stems([Path(f) for f in files])
-    for path, stem in zip(progress_bar(files, desc="segment", unit="image", show=progress), stems):
+    for path, stem in zip(progress_bar(files, desc="segment", unit="image", show=progress), unique_stems(files)):
         try:
             pixels = read_image(path).pixels
         except ImageReadError as error:
             failed.append({"path": path, "error": error.reason})
             continue
         mask = model.mask(pixels)
-        cv2.imwrite(str(out / "masks" / f"{stem}.png"), mask.astype(np.uint8) * 255)
-        cv2.imwrite(str(out / "overlays" / f"{stem}.png"), cv2.cvtColor(mask_overlay(pixels, mask), cv2.COLOR_RGB2BGR))
-        written.append(str(out / "masks" / f"{stem}.png"))
+        mask_png, overlay_png = out / "masks" / f"{stem}.png", out / "overlays" / f"{stem}.png"
+        # cv2.imwrite reports a failure (no space, a name too long, no permission) by returning False, not raising.
+        if not (cv2.imwrite(str(mask_png), mask.astype(np.uint8) * 255) and cv2.imwrite(
+            str(overlay_png), cv2.cvtColor(mask_overlay(pixels, mask), cv2.COLOR_RGB2BGR)
+        )):
+            mask_png.unlink(missing_ok=True)  # no mask without its overlay: the file is reported failed
+            failed.append({"path": path, "error": f"cannot write {mask_png} and {overlay_png}"})
+            continue
+        written.append(str(mask_png))
         fractions[path] = float(mask.mean())
     return {"written": written, "lung_fraction": fractions, "failed": failed}

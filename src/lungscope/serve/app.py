@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import io
-import os
 import shutil
 import tempfile
 import threading
@@ -224,7 +223,6 @@ def run_server(classifier: Classifier, *, host: str = "127.0.0.1", port: int = 8
     the Host names answered (default :func:`default_allowed_hosts`), so DNS-rebinding pages get 400."""
     import uvicorn
 
-    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     app = create_app(classifier, model_name=model_name, max_upload=max_upload,
                      allowed_hosts=default_allowed_hosts(host) if allowed_hosts is None else allowed_hosts)
     uvicorn.run(app, host=host, port=port)

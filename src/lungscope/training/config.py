@@ -8,12 +8,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
 from lungscope.errors import ConfigError
-from lungscope.data.transforms import NORMALISATIONS, AugmentConfig
+from lungscope.data.transforms import NORMALISATIONS, PREPROCESSING_DEFAULTS, AugmentConfig
 from lungscope.segmentation.roi import ROI_CHOICES
 
 _CHOICES = {
@@ -65,11 +65,11 @@ class TrainConfig:
     model_options: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None
     image_size: int | None = None
-    resize: str = "squash"
-    clahe: bool = False
-    roi: str = "none"  # "lungs": crop each image to its lung fields (the bundled lung U-Net) before resizing
-    roi_margin: float = 0.05  # of the image's height and width, added around the lungs' box on every side
-    normalise: str = "fixed"  # "fixed": (x - 0.5) / 0.25; "per-image": each image by its own mean and std
+    resize: str = cast(str, PREPROCESSING_DEFAULTS["resize"])
+    clahe: bool = cast(bool, PREPROCESSING_DEFAULTS["clahe"])
+    roi: str = cast(str, PREPROCESSING_DEFAULTS["roi"])  # "lungs": crop each image to its lung fields (the bundled lung U-Net) before resizing
+    roi_margin: float = cast(float, PREPROCESSING_DEFAULTS["roi_margin"])  # of the image's height and width, added around the lungs' box on every side
+    normalise: str = cast(str, PREPROCESSING_DEFAULTS["normalise"])  # "fixed": (x - 0.5) / 0.25; "per-image": each image by its own mean and std
     augment: bool = True
     augmentation: dict[str, Any] = field(default_factory=dict)  # AugmentConfig's strengths; unset keys keep defaults
     epochs: int = 10

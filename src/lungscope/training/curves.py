@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import pandas as pd
+from matplotlib.figure import Figure  # not pyplot: no global backend switch for a notebook user importing this
 
 
 def plot_curves(metrics_csv: str | Path, out_png: str | Path) -> None:
     """Loss, accuracy and ROC-AUC (training batches as trained, and validation) and the learning rate, per epoch."""
     frame = pd.read_csv(metrics_csv)
-    fig, (loss_ax, metric_ax, lr_ax) = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
+    fig = Figure(figsize=(13, 3.6), layout="constrained")
+    loss_ax, metric_ax, lr_ax = fig.subplots(1, 3)
     loss_ax.plot(frame["epoch"], frame["train_loss"], "o-", label="train")
     loss_ax.plot(frame["epoch"], frame["val_loss"], "o-", label="validation")
     loss_ax.set(title="loss", xlabel="epoch")
@@ -32,4 +30,3 @@ def plot_curves(metrics_csv: str | Path, out_png: str | Path) -> None:
     lr_ax.plot(frame["epoch"], frame["lr"], "o-")
     lr_ax.set(title="learning rate", xlabel="epoch", yscale="log")
     fig.savefig(out_png, dpi=100)
-    plt.close(fig)

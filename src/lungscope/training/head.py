@@ -43,6 +43,7 @@ from lungscope.checkpoint import save_checkpoint
 from lungscope.data.io import read_image
 from lungscope.data.labels import classes_for
 from lungscope.data.splits import load_manifest, save_manifest, split_by_patient
+from lungscope.data.transforms import PREPROCESSING_KEYS
 from lungscope.errors import ConfigError, DatasetError, ImageReadError
 from lungscope.evaluation.evaluate import metrics_with_ci
 from lungscope.evaluation.operating import operating_point, store_operating_point
@@ -292,8 +293,8 @@ def train_head(config: HeadConfig, *, progress: bool | None = None) -> dict[str,
     layer = _layer_option(meta["layer"], meta["model"], meta["model_options"])
     run_config = {
         "model": "two-stage", "labels": scheme, "features": os.path.abspath(config.features),
-        "backbone_run": meta["run"], "resize": backbone.config.get("resize", "squash"),
-        "clahe": backbone.config.get("clahe", False), "image_size": backbone.image_size,
+        "backbone_run": meta["run"], "image_size": backbone.image_size,
+        **{key: backbone.config[key] for key in PREPROCESSING_KEYS if key in backbone.config},
     }
     summary: dict[str, Any] = {
         "model": "two-stage", "backbone": meta["model"], "backbone_run": meta["run"], "layer": meta["layer"],
