@@ -89,7 +89,7 @@ def lungscope_cxr(model_name: str | None = None) -> ChestXrayWeights:
     options = ", ".join(f"{k} {v}" for k, v in config.get("model_options", {}).items())
     weights = ChestXrayWeights(
         state=checkpoint["model"], model=config["model"], classes=tuple(checkpoint["classes"]),
-        image_size=int(checkpoint["image_size"]), normalise=config.get("normalise", "fixed"),
+        image_size=int(checkpoint["image_size"]), normalise=config.get("normalise", "fixed"),  # older: fixed
         source=f"{LUNGSCOPE_CXR} (a {config['model']}{f' with {options}' if options else ''}: "
                f"{LUNGSCOPE_CXR_CHECKPOINT})",
     )
