@@ -31,6 +31,7 @@ from lungscope.training import TrainConfig, train
 
 # name: (input size, family, last conv (Grad-CAM's default layer), classifier head)
 EXPECTED = {
+    "cxr-resnet": (224, "paper", "cam", "fc"),
     "shallow-cnn": (64, "paper", "features.0", "classifier.0"),
     "five-block-cnn": (150, "paper", "features.block5.pointwise", "classifier.3"),
     "three-block-cnn": (128, "paper", "features.2.0", "classifier.2"),
