@@ -24,7 +24,6 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from adult_normals import SITES, called_normal, cell  # noqa: E402
-
 from lungscope.evaluation.evaluate import evaluate_run
 from lungscope.inference import Classifier
 from lungscope.models import count_parameters

@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 from sklearn.metrics import confusion_matrix, log_loss
-from test_metrics import sklearn_binary
 
 from lungscope.cli import build_parser, main
 from lungscope.cli.common import EXIT_OK, EXIT_PARTIAL
@@ -25,6 +24,7 @@ from lungscope.evaluation.evaluate import Evaluation, evaluate_run, format_repor
 from lungscope.evaluation.formatting import format_probability
 from lungscope.evaluation.plots import save_figures
 from lungscope.training import TrainConfig, train
+from test_metrics import sklearn_binary
 
 
 @pytest.fixture(scope="module")

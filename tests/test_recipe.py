@@ -14,7 +14,7 @@ from torchvision import tv_tensors
 from lungscope.data.io import read_image
 from lungscope.data.transforms import AugmentConfig, build_augment_normalise, build_preprocess
 from lungscope.errors import ConfigError
-from lungscope.explain import explain
+from lungscope.explain import explain, lung_share
 from lungscope.inference import Classifier
 from lungscope.models import create_model, last_conv_layer
 from lungscope.training import TrainConfig, train
@@ -115,6 +115,10 @@ def test_the_penalty_is_the_share_outside_the_lungs_and_training_lowers_it() -> 
         loss.backward()
         optimizer.step()
     assert float(focus(model(images), left)) < first - 0.2
+    # The map explain shows moved into the mask and still has positive mass (a lung share exists for every image).
+    maps = explain(model, images, "gradcam", warn=False).maps
+    shares = lung_share(maps, left[:, 0].numpy())
+    assert np.isfinite(shares).all() and shares.mean() > 0.6
 
 
 def test_the_recipe_trains_on_real_x_rays_and_the_run_predicts(chest_xray: Path, tmp_path: Path) -> None:

@@ -106,7 +106,7 @@ def test_clahe_raises_contrast_of_a_low_contrast_image() -> None:
     flat = 0.45 + 0.1 * (rows / 127) + 0.02 * np.sin(cols / 3)  # values within [0.43, 0.57]
     out = Clahe()(flat)
     assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == flat.shape
-    assert 0.0 <= out.min() and out.max() <= 1.0
+    assert out.min() >= 0.0 and out.max() <= 1.0
     assert out.std() > 1.3 * flat.std()
     assert _local_contrast(out) > 2 * _local_contrast(flat)
 
@@ -121,7 +121,7 @@ def test_clahe_keeps_tensor_type_and_shape() -> None:
 def test_clahe_raises_local_contrast_of_real_x_rays(normal_images: list[np.ndarray]) -> None:
     for image in normal_images:
         out = Clahe()(image)
-        assert 0.0 <= out.min() and out.max() <= 1.0
+        assert out.min() >= 0.0 and out.max() <= 1.0
         assert _local_contrast(out) > 1.3 * _local_contrast(image)
 
 

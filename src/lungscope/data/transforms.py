@@ -7,8 +7,8 @@ Random steps use torchvision.transforms.v2, hence torch's RNG: ``torch.manual_se
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from functools import partial
 from typing import TypeVar

@@ -7,9 +7,8 @@ observations) offers it, hence this short implementation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 import warnings
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from sklearn.exceptions import UndefinedMetricWarning

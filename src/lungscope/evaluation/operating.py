@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lungscope.checkpoint import load_checkpoint, save_checkpoint
 from lungscope.errors import ConfigError
 from lungscope.evaluation.calibration import (
     apply_temperature,
@@ -17,7 +18,6 @@ from lungscope.evaluation.calibration import (
     fit_temperature_and_bias,
 )
 from lungscope.evaluation.threshold import choose_threshold
-from lungscope.checkpoint import load_checkpoint, save_checkpoint
 
 CALIBRATION_FILE = "calibration.json"
 CALIBRATIONS = ("temperature", "temperature+bias")

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from captum._utils.common import _register_backward_hook
 from captum.attr import (
     Deconvolution,
     GuidedBackprop,
@@ -26,7 +27,6 @@ from captum.attr import (
     LayerGradCam,
     Occlusion,
 )
-from captum._utils.common import _register_backward_hook
 from torch import nn
 
 from lungscope.errors import ConfigError

@@ -65,7 +65,7 @@ def register_model(
 
 
 def list_models() -> list[ModelSpec]:
-    """Every registered network: paper CNNs, torchvision backbones, then composite models, each in registration order."""
+    """Every registered network: paper CNNs, torchvision backbones, then composite models, in registration order."""
     return sorted(_REGISTRY.values(), key=lambda spec: FAMILIES.index(spec.family))
 
 
