@@ -1,4 +1,5 @@
-"""Cross-validation on a slice of the real pneumonia set: folds by patient, the summary, resuming, the CLI."""
+"""Cross-validation on a slice of the real pneumonia set: folds by patient, the summary, the pooled out-of-fold AUC,
+resuming, the CLI; cross-site validation on a slice of the real tuberculosis sets."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from lungscope.cli import main
 from lungscope.data.datasets import scan_dataset
 from lungscope.data.splits import subsample_by_patient
 from lungscope.errors import ConfigError, DatasetError
+from lungscope.evaluation.bootstrap import patient_bootstrap
 from lungscope.training import TrainConfig, cross_validate
 from lungscope.training import cv as cv_module
 
@@ -75,9 +78,32 @@ def test_summary_is_the_mean_and_std_of_the_folds(cv_run: tuple[Path, dict]) -> 
         assert summary["mean"][metric] == pytest.approx(by_fold[:, i].mean())
         assert summary["std"][metric] == pytest.approx(by_fold[:, i].std(ddof=1))
     table = pd.read_csv(out / "cv_summary.csv").set_index("fold")
-    assert list(table.index) == ["0", "1", "2", "mean", "std"]
+    assert list(table.index) == ["0", "1", "2", "mean", "std", "pooled"]
     assert table.loc["std", "val_auc"] == pytest.approx(summary["std"]["val_auc"])
     assert summary["n_images"] == len(pd.read_csv(out / "folds.csv"))
+    pooled = summary["pooled_val_auc"]
+    assert table.loc["pooled", ["val_auc", "val_auc_low", "val_auc_high"]].tolist() == pytest.approx(
+        [pooled["auc"], *pooled["ci95"]])
+
+
+def test_pooled_auc_scores_each_image_by_the_best_model_of_its_fold(cv_run: tuple[Path, dict]) -> None:
+    out, summary = cv_run
+    folds = pd.read_csv(out / "folds.csv")
+    scored = pd.read_csv(out / "oof_predictions.csv")
+    assert list(scored.columns) == ["path", "label", "patient_id", "split", "fold", "p_NORMAL", "p_PNEUMONIA"]
+    pd.testing.assert_frame_equal(scored[folds.columns].sort_values("path", ignore_index=True),
+                                  folds.sort_values("path", ignore_index=True))
+    assert scored[["p_NORMAL", "p_PNEUMONIA"]].sum(axis=1).to_numpy() == pytest.approx(1.0, abs=1e-6)
+    targets = (scored["label"] == "PNEUMONIA").to_numpy()
+    for row in summary["per_fold"]:  # each fold's predictions are the ones its best epoch validated with
+        held = (scored["fold"] == row["fold"]).to_numpy()
+        assert roc_auc_score(targets[held], scored.loc[held, "p_PNEUMONIA"]) == pytest.approx(row["val_auc"], abs=1e-6)
+    pooled = summary["pooled_val_auc"]
+    expected = patient_bootstrap(lambda y, p: roc_auc_score(y, p[:, 1]), targets.astype(int),
+                                 scored[["p_NORMAL", "p_PNEUMONIA"]].to_numpy(), scored["patient_id"].to_numpy())
+    assert [pooled["auc"], *pooled["ci95"]] == pytest.approx(list(expected))
+    assert pooled["ci95"][0] < pooled["auc"] < pooled["ci95"][1]
+    assert (pooled["n_images"], pooled["n_patients"]) == (len(folds), folds["patient_id"].nunique())
 
 
 def test_rerun_skips_finished_folds_and_resumes_an_interrupted_one(
@@ -133,3 +159,74 @@ def test_cli_help_and_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "--folds" in capsys.readouterr().out
     assert main(["cv", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "cv")]) == 1
     assert "nowhere" in capsys.readouterr().err
+
+
+# -- cross-site: train on one tuberculosis site, test on the other -----------------------------------------------------
+
+PER_SITE = {"CHNCXR": 12, "MCUCXR": 8}  # images per site and label in the slice
+
+
+@pytest.fixture(scope="module")
+def sites_slice(lung_masks: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first images of each site and label of the real tuberculosis set: 24 Shenzhen, 16 Montgomery."""
+    root = tmp_path_factory.mktemp("sites")
+    for site, count in PER_SITE.items():
+        for label in "01":
+            for path in sorted((lung_masks / "images").glob(f"{site}_*_{label}.png"))[:count]:
+                shutil.copy(path, root / path.name)
+    return root
+
+
+def test_site_of_reads_the_file_name_prefix() -> None:
+    assert [cv_module.site_of(name) for name in ("CHNCXR_0001_0.png", "/x/mcucxr_0002_1.png",
+                                                 "IM-0001-0001.jpeg", "CHNCXRX_0001_0.png")] == [
+        "CHNCXR", "MCUCXR", None, None]
+
+
+def test_cross_site_trains_on_one_site_and_tests_on_the_other(sites_slice: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cross"
+    argv = ["cv", "--cross-site", "--config", str(SHALLOW), "--labels", "tb", "--data", str(sites_slice),
+            "--epochs", "1", "--val-fraction", "0.25", "--out", str(out)]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary == json.loads((out / "cross_site.json").read_text())
+    assert [(r["train_site"], r["test_site"]) for r in summary["runs"]] == [("CHNCXR", "MCUCXR"), ("MCUCXR", "CHNCXR")]
+    for result in summary["runs"]:
+        home, away = result["train_site"], result["test_site"]
+        run = out / f"{home}_to_{away}"
+        split = pd.read_csv(run / "split.csv")
+        sites = split["path"].map(cv_module.site_of)
+        assert set(split.loc[sites == home, "split"]) == {"train", "val"}
+        assert (sites[split["split"] == "test"] == away).all()
+        assert (result["n_train"], result["n_val"]) == (
+            (split["split"] == "train").sum(), (split["split"] == "val").sum())
+        assert result["n_train"] + result["n_val"] == 2 * PER_SITE[home]
+        scored = pd.read_csv(run / "test_predictions.csv")
+        assert sorted(scored["path"]) == sorted(split.loc[split["split"] == "test", "path"])
+        assert len(scored) == 2 * PER_SITE[away]
+        targets = (scored["label"] == "TUBERCULOSIS").to_numpy()
+        test = result["test_auc"]
+        assert test["auc"] == pytest.approx(roc_auc_score(targets, scored["p_TUBERCULOSIS"]))
+        assert test["ci95"][0] <= test["auc"] <= test["ci95"][1] and test["n_patients"] == 2 * PER_SITE[away]
+        assert result["val_auc"] == pytest.approx(
+            pd.read_csv(run / "metrics.csv").set_index("epoch").loc[result["best_epoch"], "val_auc"])
+    assert main(argv) == 0, "a finished cross-site run is re-read, not trained again"
+    assert json.loads(capsys.readouterr().out) == summary
+
+
+def test_cross_site_needs_both_sites(chest_xray: Path, sites_slice: Path, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    config = TrainConfig.from_yaml(SHALLOW, data=str(chest_xray / "train"), out=str(tmp_path / "a"), limit=40)
+    with pytest.raises(DatasetError, match=r"needs images of both sites; found 0 CHNCXR_\*, 0 MCUCXR_\*$"):
+        cv_module.cross_site(config, progress=False)
+    shenzhen = tmp_path / "shenzhen"
+    shenzhen.mkdir()
+    for path in sorted(sites_slice.glob("CHNCXR_*")):
+        shutil.copy(path, shenzhen / path.name)
+    config = TrainConfig.from_yaml(SHALLOW, data=str(shenzhen), labels="tb", out=str(tmp_path / "b"))
+    with pytest.raises(DatasetError, match=r"found 24 CHNCXR_\*, 0 MCUCXR_\*$"):
+        cv_module.cross_site(config, progress=False)
+    assert main(["cv", "--cross-site", "--folds", "3", "--data", str(shenzhen), "--out", str(tmp_path / "c")]) == 1
+    assert capsys.readouterr().err.strip().endswith("--cross-site trains one run per site, not folds; drop --folds")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

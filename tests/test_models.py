@@ -7,6 +7,7 @@ from urllib.error import URLError
 from urllib.parse import urlparse
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torchvision
@@ -23,10 +24,14 @@ from lungscope.models import (
     list_models,
     register_model,
     registry,
+    weights,
 )
+from lungscope.models.weights import check_pretrained_input
+from lungscope.training import TrainConfig, train
 
 # name: (input size, family, last conv (Grad-CAM's default layer), classifier head)
 EXPECTED = {
+    "cxr-resnet": (224, "paper", "cam", "fc"),
     "shallow-cnn": (64, "paper", "features.0", "classifier.0"),
     "five-block-cnn": (150, "paper", "features.block5.pointwise", "classifier.3"),
     "three-block-cnn": (128, "paper", "features.2.0", "classifier.2"),
@@ -386,3 +391,118 @@ def test_register_model(monkeypatch: pytest.MonkeyPatch) -> None:
         register_model("tiny", input_size=8, description="again", family="paper")(tiny)
     with pytest.raises(ValueError, match="family"):
         register_model("other", input_size=8, description="", family="timm")  # type: ignore[arg-type]
+
+
+# -- pretrained: lungscope-cxr (the bundled chest X-ray model's weights) --------------------------------------------
+
+CXR_OPTIONS = {"width": 8, "blocks": (1, 1, 1, 1)}  # a tiny cxr-resnet: 64 features before the head
+
+
+def tiny_lungscope_cxr(monkeypatch: pytest.MonkeyPatch, folder: Path, *, seed: int = 0) -> dict:
+    """Save a tiny cxr-resnet pneumonia checkpoint (64x64, per-image normalised) and make it ``lungscope-cxr``."""
+    torch.manual_seed(seed)
+    model = create_model("cxr-resnet", **CXR_OPTIONS)
+    checkpoint = {"model": model.state_dict(), "classes": ["NORMAL", "PNEUMONIA"], "image_size": 64,
+                  "config": {"model": "cxr-resnet", "model_options": CXR_OPTIONS, "normalise": "per-image"}}
+    torch.save(checkpoint, folder / "pneumonia.pt")
+    monkeypatch.setattr(weights, "LUNGSCOPE_CXR_CHECKPOINT", folder / "pneumonia.pt")
+    return checkpoint
+
+
+def _same(state: dict, reference: dict, keys: list[str]) -> bool:
+    return all(torch.equal(state[k], reference[k]) for k in keys)
+
+
+def test_lungscope_cxr_loads_the_body_and_a_fresh_head_for_other_classes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saved = tiny_lungscope_cxr(monkeypatch, tmp_path)["model"]
+    body = [k for k in saved if not k.startswith("fc.")]
+    assert len(body) > 50 and sorted(set(saved) - set(body)) == ["fc.bias", "fc.weight"]
+
+    same = create_model("cxr-resnet", pretrained="lungscope-cxr", classes=["NORMAL", "PNEUMONIA"], **CXR_OPTIONS)
+    assert _same(same.state_dict(), saved, list(saved))  # the same classes: the head is kept too
+
+    torch.manual_seed(7)
+    untouched = create_model("cxr-resnet", **CXR_OPTIONS).state_dict()
+    torch.manual_seed(7)
+    tb = create_model("cxr-resnet", pretrained="lungscope-cxr", classes=("NORMAL", "TUBERCULOSIS"), **CXR_OPTIONS)
+    state = tb.state_dict()
+    assert _same(state, saved, body)
+    assert _same(state, untouched, ["fc.weight", "fc.bias"]) and not torch.equal(state["fc.weight"], saved["fc.weight"])
+
+    three = create_model("cxr-resnet", num_classes=3, pretrained="lungscope-cxr", **CXR_OPTIONS).state_dict()
+    assert _same(three, saved, body) and three["fc.weight"].shape == (3, 64)
+
+
+def test_lungscope_cxr_refuses_another_architecture_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiny_lungscope_cxr(monkeypatch, tmp_path)
+    with pytest.raises(ConfigError) as error:
+        create_model("resnet18", pretrained="lungscope-cxr")
+    assert str(error.value) == ("pretrained lungscope-cxr is a cxr-resnet network; it cannot start a resnet18 "
+                                "(use model: cxr-resnet, or another pretrained)")
+    with pytest.raises(ConfigError) as error:
+        create_model("cxr-resnet", pretrained="lungscope-cxr", width=16, blocks=(1, 1, 1, 1))
+    message = str(error.value)
+    assert message.startswith("lungscope-cxr (a cxr-resnet with width 8, blocks (1, 1, 1, 1): ")
+    assert " does not fit cxr-resnet: wrong shape features.0.weight (8, 1, 7, 7) != (16, 1, 7, 7)" in message
+    assert "\n" not in message
+    (tmp_path / "pneumonia.pt").unlink()
+    with pytest.raises(ConfigError, match=r"pneumonia\.pt: checkpoint not found$"):
+        create_model("cxr-resnet", pretrained="lungscope-cxr", **CXR_OPTIONS)
+
+
+def test_lungscope_cxr_input_must_match_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny_lungscope_cxr(monkeypatch, tmp_path)
+    check_pretrained_input("lungscope-cxr", model_name="cxr-resnet", image_size=64, normalise="per-image")
+    for other in (None, "imagenet", tmp_path / "pneumonia.pt"):  # weights that record no input are not checked
+        check_pretrained_input(other, model_name="resnet18", image_size=224, normalise="fixed")
+    with pytest.raises(ConfigError, match="lungscope-cxr is a cxr-resnet network; it cannot start a resnet18"):
+        check_pretrained_input("lungscope-cxr", model_name="resnet18", image_size=64, normalise="per-image")
+    with pytest.raises(ConfigError) as error:
+        check_pretrained_input("lungscope-cxr", model_name="cxr-resnet", image_size=224, normalise="fixed")
+    assert str(error.value) == ("pretrained lungscope-cxr learnt on 64x64 images normalised per-image; this run has "
+                                "image_size 224, normalise fixed: set image_size: 64, normalise: per-image")
+    with pytest.raises(ConfigError, match="this run has normalise fixed: set normalise: per-image$"):
+        check_pretrained_input("lungscope-cxr", model_name="cxr-resnet", image_size=64, normalise="fixed")
+
+
+def test_lungscope_cxr_is_the_bundled_classifier() -> None:
+    bundled = torch.load(weights.LUNGSCOPE_CXR_CHECKPOINT, weights_only=True)
+    assert weights.LUNGSCOPE_CXR_CHECKPOINT.parent.name == "bundled"
+    found = weights.lungscope_cxr()
+    assert (found.model, found.classes, found.image_size) == (
+        bundled["config"]["model"], tuple(bundled["classes"]), bundled["image_size"])
+    model = create_model(found.model, pretrained="lungscope-cxr", classes=found.classes,
+                         **bundled["config"].get("model_options", {}))
+    assert _same(model.state_dict(), bundled["model"], list(bundled["model"]))
+
+
+def test_fine_tuning_from_lungscope_cxr_in_two_stages_with_a_faster_head(
+    lung_masks: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saved = tiny_lungscope_cxr(monkeypatch, tmp_path)["model"]
+    options = {"data": str(lung_masks / "images"), "labels": "tb", "model": "cxr-resnet",
+               "model_options": CXR_OPTIONS, "pretrained": "lungscope-cxr", "image_size": 64,
+               "normalise": "per-image", "limit": 60, "batch_size": 16, "scheduler": "none", "freeze_epochs": 1,
+               "head_lr_factor": 10.0, "lr": 0.002, "threads": 1}
+    body = [name for name, _ in create_model("cxr-resnet", **CXR_OPTIONS).named_parameters()
+            if not name.startswith("fc.")]
+    train(TrainConfig(out=str(tmp_path / "two"), epochs=2, **options), progress=False)
+    assert pd.read_csv(tmp_path / "two" / "metrics.csv")["lr"].tolist() == pytest.approx([2e-3, 2e-4])
+    groups = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == pytest.approx([2e-4, 2e-3])  # stage two: body lr / 10, head x 10
+    assert [len(g["params"]) for g in groups] == [len(body), 2]
+
+    train(TrainConfig(out=str(tmp_path / "one"), epochs=1, **options), progress=False)
+    state = torch.load(tmp_path / "one" / "last.pt", weights_only=True)["model"]
+    assert _same(state, saved, body)  # stage one trains the head alone: every body weight is lungscope-cxr's
+    assert not torch.equal(state["fc.weight"], saved["fc.weight"])
+
+    with pytest.raises(ConfigError, match="set image_size: 64"):
+        train(TrainConfig(out=str(tmp_path / "bad"), **{**options, "image_size": 224}), progress=False)
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(ConfigError, match="head_lr_factor must be positive, not 0"):
+        TrainConfig(head_lr_factor=0)

@@ -19,7 +19,8 @@ _TRAIN_FLAGS: list[tuple[str, dict[str, object]]] = [
     ("--model", {"help": "registry name (see `lungscope models`)"}),
     ("--labels", {"choices": ["binary", "three-class", "tb"], "help": "label scheme"}),
     ("--manifest", {"help": "an existing split manifest (path,label,patient_id,split) to train on"}),
-    ("--pretrained", {"help": "imagenet, PATH of a state dict, or none"}),
+    ("--pretrained", {"help": "imagenet, lungscope-cxr (the bundled chest X-ray model; cxr-resnet only), PATH of a "
+                      "state dict, or none"}),
     ("--image-size", {"type": int, "help": "input side (default: the model's)"}),
     ("--roi", {"choices": ["none", "lungs"], "help": "lungs: crop each X-ray to its lung fields before resizing"}),
     ("--epochs", {"type": int}),
@@ -99,21 +100,31 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_cv(args: argparse.Namespace) -> int:
     from lungscope.training import cross_validate
+    from lungscope.training.cv import cross_site
 
-    summary = cross_validate(train_config(args), args.folds)
+    if args.cross_site and args.folds is not None:
+        raise ConfigError("--cross-site trains one run per site, not folds; drop --folds")
+    config = train_config(args)
+    summary = cross_site(config) if args.cross_site else cross_validate(config, args.folds or 5)
     print(json.dumps(summary, indent=2))
     return EXIT_OK
 
 
 def _add_cv(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "cv", help="k-fold cross-validation grouped by patient: a run per fold and the mean and std of each metric",
+        "cv", help="k-fold cross-validation grouped by patient: a run per fold, the mean and std of each metric and "
+        "the pooled out-of-fold ROC-AUC with its 95%% CI; or cross-site validation",
         description="Split --data into K patient-grouped, label-stratified folds (OUT/folds.csv), train one run per "
-        "fold (OUT/fold_k, fold k validating) and summarise each fold's best epoch in OUT/cv_summary.json and .csv. "
-        "Takes every train option; re-running the same command skips finished folds and resumes an interrupted one.",
+        "fold (OUT/fold_k, fold k validating) and summarise each fold's best epoch in OUT/cv_summary.json and .csv, "
+        "with the ROC-AUC of all out-of-fold predictions (OUT/oof_predictions.csv) and its patient-bootstrap 95% CI. "
+        "--cross-site instead trains on the Shenzhen images (CHNCXR_*) and tests on Montgomery (MCUCXR_*), then the "
+        "other way (OUT/cross_site.json). Takes every train option; re-running the same command skips finished runs "
+        "and resumes an interrupted one.",
     )
     _add_train_options(p, "folder for the folds' runs and the summary")
-    p.add_argument("--folds", type=int, default=5, metavar="K", help="number of folds (default 5)")
+    p.add_argument("--folds", type=int, metavar="K", help="number of folds (default 5)")
+    p.add_argument("--cross-site", action="store_true",
+                   help="train on one tuberculosis site, test on the other, both ways (site from the file name)")
     p.set_defaults(func=_cmd_cv)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -13,7 +13,7 @@ from torch import nn
 
 from lungscope.errors import ConfigError
 from lungscope.models.layers import count_parameters
-from lungscope.models.weights import imagenet_state_dict, load_weights, read_state_dict
+from lungscope.models.weights import LUNGSCOPE_CXR, imagenet_state_dict, load_weights, lungscope_cxr, read_state_dict
 
 Family = Literal["paper", "torchvision", "composite", "segmentation"]
 FAMILIES: tuple[str, ...] = ("paper", "torchvision", "composite", "segmentation")
@@ -65,8 +65,7 @@ def register_model(
 
 
 def list_models() -> list[ModelSpec]:
-    """Every registered network: paper CNNs, torchvision backbones, then composite models, each in registration
-    order."""
+    """Every registered network: paper CNNs, torchvision backbones, then composite models, in registration order."""
     return sorted(_REGISTRY.values(), key=lambda spec: FAMILIES.index(spec.family))
 
 
@@ -89,12 +88,15 @@ def create_model(
     num_classes: int = 2,
     in_channels: int = 1,
     pretrained: str | os.PathLike[str] | None = None,
+    classes: Sequence[str] | None = None,
     **options: Any,
 ) -> nn.Module:
     """Build the network ``name`` giving logits of shape ``(N, num_classes)`` (1 for a single sigmoid logit).
 
-    ``pretrained``: ``None`` (random init), ``"imagenet"`` (torchvision backbones only) or the path of a state
-    dict / lungscope checkpoint; see :func:`lungscope.models.weights.load_weights` for how it is fitted.
+    ``pretrained``: ``None`` (random init), ``"imagenet"`` (torchvision backbones only), ``"lungscope-cxr"`` (the
+    bundled chest X-ray classifier, for its own architecture only; its head is kept only when ``classes`` are its
+    classes) or the path of a state dict / lungscope checkpoint; see
+    :func:`lungscope.models.weights.load_weights` for how it is fitted.
     """
     spec = get_spec(name)
     unknown = sorted(set(options) - set(spec.options))
@@ -112,7 +114,12 @@ def create_model(
     )
     if pretrained is None:
         return model
-    if pretrained == "imagenet":
+    fresh_head = False
+    if pretrained == LUNGSCOPE_CXR:
+        weights = lungscope_cxr(name)
+        state, source = weights.state, weights.source
+        fresh_head = classes is not None and tuple(classes) != weights.classes
+    elif pretrained == "imagenet":
         if spec.family != "torchvision":
             raise ConfigError(
                 f"{name} has no ImageNet weights (only torchvision backbones do); pass pretrained=PATH instead"
@@ -120,5 +127,5 @@ def create_model(
         state, source = imagenet_state_dict(name), f"ImageNet weights of {name}"
     else:
         state, source = read_state_dict(pretrained), os.fspath(pretrained)
-    load_weights(model, state, source=source, model_name=name)
+    load_weights(model, state, source=source, model_name=name, fresh_head=fresh_head)
     return model

@@ -1,19 +1,25 @@
-"""Pretrained weights: read a local state dict, fetch torchvision's ImageNet weights, fit either to a model."""
+"""Pretrained weights: read a local state dict, fetch torchvision's ImageNet weights, take lungscope's own chest
+X-ray model (``lungscope-cxr``), and fit any of them to a model."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 from torchvision.models import get_model, get_model_weights
 
+from lungscope.checkpoint import load_checkpoint
 from lungscope.errors import ConfigError
 from lungscope.models.layers import first_conv_layer, named_classifier_head
 
 _SHOWN = 3  # keys named per kind of problem in an error message
+
+LUNGSCOPE_CXR = "lungscope-cxr"  # the ``pretrained`` name of lungscope's own chest X-ray model, the one below
+LUNGSCOPE_CXR_CHECKPOINT = Path(__file__).resolve().parents[1] / "bundled" / "pneumonia.pt"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -63,18 +69,72 @@ def imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
         ) from exc
 
 
+@dataclass(frozen=True)
+class ChestXrayWeights:
+    """A lungscope classifier checkpoint as a starting point: its weights, and what it was trained as and on."""
+
+    state: dict[str, torch.Tensor]
+    model: str  # registry name
+    classes: tuple[str, ...]
+    image_size: int
+    normalise: str
+    source: str  # how error messages name it
+
+
+def lungscope_cxr(model_name: str | None = None) -> ChestXrayWeights:
+    """The bundled pneumonia classifier (``LUNGSCOPE_CXR_CHECKPOINT``) as pretrained weights for ``model_name``:
+    a one-line :class:`ConfigError` if it is another architecture."""
+    checkpoint = load_checkpoint(LUNGSCOPE_CXR_CHECKPOINT, kind="classifier")
+    config = checkpoint["config"]
+    options = ", ".join(f"{k} {v}" for k, v in config.get("model_options", {}).items())
+    weights = ChestXrayWeights(
+        state=checkpoint["model"], model=config["model"], classes=tuple(checkpoint["classes"]),
+        image_size=int(checkpoint["image_size"]), normalise=config.get("normalise", "fixed"),  # older: fixed
+        source=f"{LUNGSCOPE_CXR} (a {config['model']}{f' with {options}' if options else ''}: "
+               f"{LUNGSCOPE_CXR_CHECKPOINT})",
+    )
+    if model_name is not None and model_name != weights.model:
+        raise ConfigError(f"pretrained {LUNGSCOPE_CXR} is a {weights.model} network; it cannot start a {model_name} "
+                          f"(use model: {weights.model}, or another pretrained)")
+    return weights
+
+
+def check_pretrained_input(
+    pretrained: str | os.PathLike[str] | None, *, model_name: str, image_size: int, normalise: str
+) -> None:
+    """One-line :class:`ConfigError` if a run of ``model_name`` cannot start from ``pretrained`` as configured:
+    ``lungscope-cxr`` is one architecture and records its input side and normalisation, and a config must use the
+    same (the error says what to set; nothing is adopted silently). Other weights record neither and pass."""
+    if pretrained != LUNGSCOPE_CXR:
+        return
+    weights = lungscope_cxr(model_name)
+    wanted = {"image_size": weights.image_size, "normalise": weights.normalise}
+    given = {"image_size": image_size, "normalise": normalise}
+    differ = [key for key in wanted if given[key] != wanted[key]]
+    if differ:
+        raise ConfigError(
+            f"pretrained {LUNGSCOPE_CXR} learnt on {weights.image_size}x{weights.image_size} images normalised "
+            f"{weights.normalise}; this run has {', '.join(f'{k} {given[k]}' for k in differ)}: set "
+            f"{', '.join(f'{k}: {wanted[k]}' for k in differ)}"
+        )
+
+
 def _listed(label: str, items: list[str]) -> str:
     more = f" (+{len(items) - _SHOWN} more)" if len(items) > _SHOWN else ""
     return f"{label} {', '.join(items[:_SHOWN])}{more}"
 
 
-def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str, model_name: str) -> None:
+def load_weights(
+    model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str, model_name: str,
+    fresh_head: bool = False,
+) -> None:
     """Load ``state`` into ``model``, adapting the two layers transfer learning changes.
 
     - first convolution: 3-channel weights feed a 1-channel model by summing the kernels over the input channels
       (a grey image replicated to RGB gives the same response);
-    - classifier head: weights whose shape differs (another number of classes) are dropped, the model's new head is
-      kept; a state dict without a head (a backbone only) is fine too.
+    - classifier head: weights whose shape differs (another number of classes), or all of them with ``fresh_head``
+      (other classes), are dropped and the model's new head is kept; a state dict without a head (a backbone only)
+      is fine too.
     Any other missing, unexpected or differently shaped key raises :class:`ConfigError` naming a few.
     """
     target = model.state_dict()
@@ -85,6 +145,8 @@ def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, s
     unexpected: list[str] = []
     mismatched: list[str] = []
     for key, value in state.items():
+        if fresh_head and key in head_keys:
+            continue
         if key not in target:
             unexpected.append(key)
             continue

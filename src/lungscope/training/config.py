@@ -96,6 +96,7 @@ class TrainConfig:
     target_sensitivity: float | None = None  # operating threshold: this sensitivity on validation (default: Youden's J)
     freeze_epochs: int = 0  # two-stage fine-tuning: train only the new head for this many epochs
     finetune_lr: float | None = None  # stage-two learning rate (default lr / 10)
+    head_lr_factor: float = 1.0  # while the body trains, the classifier head's lr = the body's lr x this
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     limit: int | None = None  # use at most this many images (a stratified, patient-grouped subset): quick runs
@@ -111,7 +112,8 @@ class TrainConfig:
         for key, allowed in _CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                    "head_lr_factor": self.head_lr_factor}
         for key, value in positive.items():
             if not value > 0:
                 raise ConfigError(f"{key} must be positive, not {value}")

@@ -46,6 +46,7 @@ from lungscope.device import select_device
 from lungscope.errors import ConfigError, DatasetError
 from lungscope.evaluation.operating import operating_point, store_operating_point
 from lungscope.models import classifier_head, create_model, get_spec
+from lungscope.models.weights import check_pretrained_input
 from lungscope.progress import progress_bar
 from lungscope.training.config import TrainConfig
 from lungscope.training.curves import plot_curves
@@ -131,6 +132,8 @@ class Trainer:
                 f"{spec.name} segments lungs, it does not classify; train it with `lungscope train-segmenter`"
             )
         self.image_size = config.image_size or spec.input_size
+        check_pretrained_input(config.pretrained, model_name=config.model, image_size=self.image_size,
+                               normalise=config.normalise)
 
     # -- set-up -------------------------------------------------------------------------------------------------
     def _data(self) -> tuple[AugmentedImages, AugmentedImages]:
@@ -163,11 +166,11 @@ class Trainer:
             sets.append(AugmentedImages(images, targets, transform, masks))
         return sets[0], sets[1]
 
-    def _optimizer(self, parameters: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    def _optimizer(self, groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
         c = self.config
         if c.optimizer == "sgd":
-            return torch.optim.SGD(parameters, lr=lr, momentum=c.momentum, weight_decay=c.weight_decay)
-        return torch.optim.Adam(parameters, lr=lr, weight_decay=c.weight_decay)
+            return torch.optim.SGD(groups, lr=lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        return torch.optim.Adam(groups, lr=lr, weight_decay=c.weight_decay)
 
     def _scheduler(self, optimizer: torch.optim.Optimizer, epochs: int):
         c = self.config
@@ -181,18 +184,24 @@ class Trainer:
         return None
 
     def _stage(self, model: nn.Module, epoch: int):
-        """Optimiser and scheduler for the stage ``epoch`` falls in (two-stage fine-tuning: head only, then all)."""
+        """Optimiser and scheduler for the stage ``epoch`` falls in (two-stage fine-tuning: head only, then all).
+        While the body trains, the head learns at ``head_lr_factor`` times the body's rate (its own param group,
+        the second; schedulers scale both)."""
         c = self.config
         head_only = epoch < c.freeze_epochs
-        head = set(classifier_head(model).parameters())
-        for parameter in model.parameters():
-            parameter.requires_grad_(not head_only or parameter in head)
+        head = list(classifier_head(model).parameters())
+        body = [p for p in model.parameters() if all(p is not q for q in head)]
+        for parameter in body:
+            parameter.requires_grad_(not head_only)
+        groups: list[dict[str, Any]]
         if head_only:
             lr, epochs = c.lr, c.freeze_epochs
+            groups = [{"params": head}]
         else:
             lr = c.finetune_lr or (c.lr / 10 if c.freeze_epochs else c.lr)
             epochs = c.epochs - c.freeze_epochs
-        optimizer = self._optimizer([p for p in model.parameters() if p.requires_grad], lr)
+            groups = [{"params": body}, {"params": head, "lr": lr * c.head_lr_factor}]
+        optimizer = self._optimizer(groups, lr)
         return optimizer, self._scheduler(optimizer, epochs)
 
     # -- the loop -----------------------------------------------------------------------------------------------
@@ -215,7 +224,8 @@ class Trainer:
             c.to_yaml(self.out / "config.yaml")
         seed_everything(c.seed)
         train_set, val_set = self._data()
-        model = create_model(c.model, num_classes=len(self.classes), pretrained=c.pretrained, **c.model_options)
+        model = create_model(c.model, num_classes=len(self.classes), pretrained=c.pretrained, classes=self.classes,
+                             **c.model_options)
         model = sync_batchnorm(model, self.rank, self.device).to(self.device)
         if c.channels_last:
             model = model.to(memory_format=torch.channels_last)
