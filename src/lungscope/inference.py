@@ -22,20 +22,31 @@ from lungscope.data.transforms import PREPROCESSING_KEYS, build_augment_normalis
 from lungscope.errors import ConfigError, ImageReadError
 from lungscope.evaluation.calibration import apply_temperature
 from lungscope.models import create_model
+from lungscope.models.weights import LUNGSCOPE_CXR_CHECKPOINT
 from lungscope.segmentation import ROI_CHOICES, LungCrop
 from lungscope.segmentation.masks import Box
 
-DEFAULT_MODEL = Path(__file__).parent / "bundled" / "pneumonia.pt"
+DEFAULT_MODEL = LUNGSCOPE_CXR_CHECKPOINT  # the bundled pneumonia model, also the lungscope-cxr backbone
+
+
+def checkpoint_path(source: str | os.PathLike[str]) -> Path:
+    """The checkpoint file of a run folder (its ``best.pt``), a checkpoint path or ``"default"``."""
+    path = DEFAULT_MODEL if str(source) == "default" else Path(source)
+    return path / "best.pt" if path.is_dir() else path
 
 
 TTA_VIEWS = 6  # the most views test-time augmentation takes (see tta_views)
 
 
+def _check_views(views: int) -> None:
+    if isinstance(views, bool) or not isinstance(views, int) or not 1 <= views <= TTA_VIEWS:
+        raise ConfigError(f"test-time augmentation takes 1 to {TTA_VIEWS} views, not {views!r}")
+
+
 def tta_views(batch: torch.Tensor, views: int) -> list[torch.Tensor]:
     """``views`` versions of a model-input batch ``(N, C, S, S)``: itself, then a zoom in by 8%, rotations of 4
     degrees either way and shifts of 3% either way (small changes of framing that a radiographer makes anyway)."""
-    if not 1 <= views <= TTA_VIEWS:
-        raise ConfigError(f"test-time augmentation takes 1 to {TTA_VIEWS} views, not {views}")
+    _check_views(views)
     side = batch.shape[-1]
     shift = round(0.03 * side)
     changes = [(0.0, [0, 0], 1.08), (4.0, [0, 0], 1.0), (-4.0, [0, 0], 1.0), (0.0, [shift, shift], 1.0),
@@ -102,8 +113,7 @@ class Classifier:
         """From a run folder (its ``best.pt``), a checkpoint file, or ``"default"``: the bundled pneumonia model.
         Weights are loaded with ``weights_only=True``. ``roi`` ("none" or "lungs") replaces the region of interest
         the model was trained with (a warning says so when they differ); None keeps it."""
-        path = DEFAULT_MODEL if str(source) == "default" else Path(source)
-        state = load_checkpoint(path / "best.pt" if path.is_dir() else path, kind="classifier")
+        state = load_checkpoint(checkpoint_path(source), kind="classifier")
         config = state["config"]
         if roi is not None:
             if roi not in ROI_CHOICES:
@@ -140,8 +150,7 @@ class Classifier:
 
     def set_tta(self, views: int) -> None:
         """Average ``views`` test-time views of each image (1: off); see :func:`tta_views`."""
-        if isinstance(views, bool) or not isinstance(views, int) or not 1 <= views <= TTA_VIEWS:
-            raise ConfigError(f"test-time augmentation takes 1 to {TTA_VIEWS} views, not {views!r}")
+        _check_views(views)
         self.tta = views
 
     def add_members(self, others: Sequence[Classifier]) -> None:

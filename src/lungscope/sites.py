@@ -23,13 +23,12 @@ from typing import Any, cast
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from lungscope.checkpoint import load_checkpoint
 from lungscope.data.datasets import scan_dataset
 from lungscope.errors import ConfigError, DatasetError
 from lungscope.evaluation.bootstrap import patient_bootstrap
 from lungscope.evaluation.calibration import apply_temperature
 from lungscope.evaluation.operating import operating_point
-from lungscope.inference import DEFAULT_MODEL, Classifier
+from lungscope.inference import Classifier, checkpoint_path
 
 MIN_PER_CLASS = 20  # fewer examples of a class than this cannot place a threshold with any precision
 FOLDS = 5
@@ -41,12 +40,6 @@ def sites_folder() -> Path:
     return Path(os.environ.get("LUNGSCOPE_SITES") or Path.home() / ".lungscope" / "sites")
 
 
-def checkpoint_path(source: str | os.PathLike[str]) -> Path:
-    """The checkpoint file of a run folder, a checkpoint path or ``"default"``."""
-    path = DEFAULT_MODEL if str(source) == "default" else Path(source)
-    return path / "best.pt" if path.is_dir() else path
-
-
 def fingerprint(source: str | os.PathLike[str]) -> str:
     """SHA-256 of the model's checkpoint file: what a site's operating point is bound to."""
     path = checkpoint_path(source)
@@ -55,11 +48,12 @@ def fingerprint(source: str | os.PathLike[str]) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def site_file(name: str, source: str | os.PathLike[str]) -> Path:
+def site_file(name: str, source: str | os.PathLike[str], digest: str | None = None) -> Path:
+    """Where site ``name``'s operating point for this model lives (``digest``: the checkpoint's, if known)."""
     if not _NAME.match(name):
         raise ConfigError(f"site name {name!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a letter "
                           "or digit")
-    return sites_folder() / f"{name}-{fingerprint(source)[:16]}.json"
+    return sites_folder() / f"{name}-{(digest or fingerprint(source))[:16]}.json"
 
 
 def load_site(name: str, source: str | os.PathLike[str]) -> dict[str, Any]:
@@ -101,8 +95,7 @@ def calibrate_site(
     if len(classifier.classes) != 2:
         raise ConfigError("site calibration sets a binary model's threshold; this model has "
                           f"{len(classifier.classes)} classes")
-    labels_scheme = load_checkpoint(checkpoint_path(source))["config"].get("labels", "binary")
-    frame = scan_dataset(data, labels=labels_scheme)
+    frame = scan_dataset(data, labels=classifier.config.get("labels", "binary"))
     predictions = list(classifier.predict_files(frame["path"].tolist(), calibrated=False))
     readable = [i for i, p in enumerate(predictions) if p.error is None]
     frame = frame.iloc[readable].reset_index(drop=True)
@@ -127,14 +120,15 @@ def calibrate_site(
 
     point = operating_point(probabilities, labels, target_sensitivity=target_sensitivity, calibration=calibration)
     keys = ("calibration", "temperature", "bias", "threshold", "threshold_calibrated", "rule", "target_sensitivity")
+    digest = fingerprint(source)
     record = {
-        "site": name, "model": str(source), "checkpoint_sha256": fingerprint(source), "data": str(data),
+        "site": name, "model": str(source), "checkpoint_sha256": digest, "data": str(data),
         "n_images": int(len(labels)), "n_patients": int(len(np.unique(patients))),
         "n_per_class": {classifier.classes[k]: int(counts[k]) for k in (0, 1)},
         "operating_point": {k: point[k] for k in keys},
         "out_of_fold": rates(calls), "stored_operating_point": rates(stored),
     }
-    path = site_file(name, source)
+    path = site_file(name, source, digest)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
     record["path"] = str(path)
