@@ -35,7 +35,7 @@ import torch
 from pytorch_grad_cam import GradCAM
 
 from lungscope.explain import explain
-from lungscope.models import create_model, last_conv_layer
+from lungscope.models import create_model, gradcam_layer
 
 RESULTS = Path(__file__).parent / "results" / "gradcam.md"
 CASES = (("three-block-cnn", 128), ("resnet18", 224), ("cxr-resnet", 224))
@@ -54,7 +54,7 @@ def compare(name: str, size: int, batch: int, repeats: int) -> tuple[float, floa
     torch.manual_seed(0)
     model = create_model(name).eval()
     images = torch.randn(batch, 1, size, size)
-    layer_name, layer = last_conv_layer(model)
+    layer_name, layer = gradcam_layer(model)
     with GradCAM(model=model, target_layers=[layer]) as reference:
         ours = lambda: explain(model, images, "gradcam", layer=layer_name)  # noqa: E731
         theirs = lambda: reference(input_tensor=images, targets=None)  # noqa: E731
@@ -82,7 +82,8 @@ def report(rows: list[tuple[str, int, int, float, float]], loads: tuple[float, f
         f"- 1-minute load average before / after: {loads[0]:.2f} / {loads[1]:.2f}"
         + (" -- a shared machine with other jobs running: absolute times are inflated, compare the ratios"
            if max(loads) > BUSY_LOAD else ""),
-        "- models: `num_classes=2, in_channels=1`, random weights; target layer: the last convolution; the "
+        "- models: `num_classes=2, in_channels=1`, random weights; target layer: each model's Grad-CAM layer "
+        "(`gradcam_layer`: cxr-resnet's `relu`, else the last convolution); the "
         "predicted class is explained",
         "",
         "| model | input | batch | lungscope ms / image | pytorch-grad-cam ms / image | ratio (lungscope / pgc) |",

@@ -66,9 +66,9 @@ def _share(path: Path | None, what: str) -> str:
 def _grid(classifier: Classifier) -> str:
     import torch
 
-    from lungscope.models import last_conv_layer
+    from lungscope.models import gradcam_layer
 
-    _, layer = last_conv_layer(classifier.model)
+    _, layer = gradcam_layer(classifier.model)
     shapes = []
     handle = layer.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[-2:])))
     with torch.no_grad():

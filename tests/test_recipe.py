@@ -16,7 +16,7 @@ from lungscope.data.transforms import AugmentConfig, build_augment_normalise, bu
 from lungscope.errors import ConfigError
 from lungscope.explain import explain, lung_share
 from lungscope.inference import Classifier
-from lungscope.models import create_model, last_conv_layer
+from lungscope.models import create_model, gradcam_layer
 from lungscope.training import TrainConfig, train
 from lungscope.training.lung_focus import GradCamOutsideLungs, grad_cam
 
@@ -66,11 +66,13 @@ def test_per_image_normalisation_ignores_a_linear_grey_level_change(chest_xray: 
 
 def test_cxr_resnet_ends_in_a_7x7_grid_at_its_cam_layer() -> None:
     model = create_model("cxr-resnet").eval()
-    name, _ = last_conv_layer(model)
-    assert name == "cam"
+    name, layer = gradcam_layer(model)
+    assert name == "relu"
+    shapes = []
+    layer.register_forward_hook(lambda module, inputs, output: shapes.append(output.shape))
     with torch.no_grad():
-        assert model.cam_maps(torch.zeros(2, 1, 224, 224)).shape == (2, 256, 7, 7)
-        assert model(torch.zeros(2, 1, 224, 224)).shape == (2, 2)
+        logits = model(torch.randn(2, 1, 224, 224))
+    assert shapes == [(2, 256, 7, 7)] and logits.shape == (2, 2)
     with pytest.raises(ConfigError, match="width"):
         create_model("cxr-resnet", width=2)
 
@@ -145,3 +147,18 @@ def test_the_recipe_trains_on_real_x_rays_and_the_run_predicts(chest_xray: Path,
     pixels = read_image(paths[0]).pixels
     same = classifier.predict_arrays([pixels, 0.1 + 0.5 * pixels])
     assert np.abs(same[0] - same[1]).max() < 1e-3
+
+
+def test_bundled_grad_cam_looks_at_the_lungs_of_real_adult_x_rays(lung_masks: Path) -> None:
+    """On 16 shared TB-set X-rays with their true lung masks, the bundled model's Grad-CAM (default layer, predicted
+    class) puts most of its positive mass inside the lungs. Measured on these 16: 0.829 at the rectified maps with
+    centred logits; uncentred, 0.699 there and 0.558 at the convolution before the ReLU (the previous default);
+    0.268 for a uniform map. The bound sits midway between the right map and the nearest wrong one."""
+    classifier = Classifier.load("default")
+    paths = sorted((lung_masks / "images").glob("*.png"))[::36]
+    images = torch.stack([classifier.transform(read_image(path).pixels) for path in paths])
+    on_input = build_preprocess(classifier.image_size, resize=classifier.resize)
+    masks = np.stack([on_input(read_image(lung_masks / "masks" / p.name).pixels)[0].numpy() >= 0.5 for p in paths])
+    masks = masks.astype(np.float32)
+    share = float(np.nanmean(lung_share(explain(classifier.model, images, "gradcam", warn=False).maps, masks)))
+    assert share > 0.76

@@ -14,6 +14,7 @@ from lungscope.cli.common import (
     report_skipped,
 )
 
+LAYER_HELP = "layer for gradcam/guided-gradcam (default: the model's Grad-CAM layer, else its last convolution)"
 
 def _cmd_explain(args: argparse.Namespace) -> int:
     from lungscope.explain import explain_files
@@ -42,7 +43,7 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     add_explain_methods(p, "--method", "M", "one or more of %(choices)s (default gradcam)")
     p.add_argument("--sign", default="positive", help="positive (default), negative, absolute, or all: both signs in a "
                    "diverging colormap")
-    p.add_argument("--layer", metavar="NAME", help="layer for gradcam/guided-gradcam (default: the last convolution)")
+    p.add_argument("--layer", metavar="NAME", help=LAYER_HELP)
     p.add_argument("--out", type=Path, required=True, help="folder for the figures and maps.npz")
     p.add_argument("--cmap", help="matplotlib colormap (default jet; RdBu_r for --sign all)")
     p.add_argument("--alpha", type=float, default=0.5, help="opacity of the heatmap (default 0.5)")
@@ -131,7 +132,7 @@ def _add_explain_check(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=100, help="images drawn at random (seeded) from --data (default 100)")
     p.add_argument("--masks", type=Path, metavar="DIR", help="lung masks named as the images (1/255 = lung)")
     add_explain_methods(p, "--method", "M", "methods to check, of %(choices)s (default: all)")
-    p.add_argument("--layer", metavar="NAME", help="layer for gradcam/guided-gradcam (default: the last convolution)")
+    p.add_argument("--layer", metavar="NAME", help=LAYER_HELP)
     p.add_argument("--json", type=Path, required=True, metavar="OUT", help="report to write")
     p.add_argument("--seed", type=int, default=0, help="seed of the image draw and the randomisation (default 0)")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")

@@ -29,7 +29,8 @@ def explain(
 
     ``method``: one of :data:`~lungscope.explain.base.METHODS`. ``target``: None (the predicted class; for a
     single-logit head the logit itself), one class index, or one per image. ``layer``: for Grad-CAM and Guided
-    Grad-CAM, the layer's name in ``model.named_modules()`` (default: the last convolution). ``options`` go to the
+    Grad-CAM, the layer's name in ``model.named_modules()`` (default:
+    the model's Grad-CAM layer, else its last convolution). ``options`` go to the
     method (``steps`` for integrated-gradients; ``window``, ``stride`` for occlusion). Runs on the model's device;
     the model is put in eval mode for the call and left as it was. ``warn``: a :class:`SanityWarning` for methods
     known to fail the model-randomisation test.

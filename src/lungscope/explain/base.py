@@ -30,7 +30,7 @@ from captum.attr import (
 from torch import nn
 
 from lungscope.errors import ConfigError
-from lungscope.models import last_conv_layer
+from lungscope.models import gradcam_layer
 
 BASELINE = 0.0  # IG, occlusion and deletion baseline: 0 after normalisation is the mean grey (as Petsiuk et al.)
 
@@ -57,9 +57,10 @@ class Explanation:
 
 
 def resolve_layer(model: nn.Module, layer: str | None) -> tuple[str, nn.Module]:
-    """``(name, module)`` of the layer named as in ``named_modules``; None: the last convolution."""
+    """``(name, module)`` of the layer named as in ``named_modules``; None: Grad-CAM's default layer
+    (:func:`~lungscope.models.gradcam_layer`)."""
     if layer is None:
-        return last_conv_layer(model)
+        return gradcam_layer(model)
     try:
         return layer, model.get_submodule(layer)
     except AttributeError:

@@ -21,7 +21,7 @@ REGION_GRID = 256  # a box region is drawn on this grid before being averaged do
 
 
 def layer_activations(model: nn.Module, images: torch.Tensor, layer: str | None = None) -> torch.Tensor:
-    """``(N, C, h, w)`` output of the named layer (default: the last convolution) for a batch, on the CPU."""
+    """``(N, C, h, w)`` output of the named layer (default: Grad-CAM's layer) for a batch, on the CPU."""
     name, module = resolve_layer(model, layer)
     with explaining(model), torch.no_grad():
         activations = LayerActivation(model, module).attribute(images.to(next(model.parameters()).device))

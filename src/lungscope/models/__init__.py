@@ -5,7 +5,7 @@
 """
 
 from lungscope.models import backbones, cxr, papers, two_stage, unet  # noqa: F401  (importing them registers their networks)
-from lungscope.models.layers import classifier_head, count_parameters, last_conv_layer
+from lungscope.models.layers import classifier_head, count_parameters, gradcam_layer, last_conv_layer
 from lungscope.models.registry import (
     ModelSpec,
     create_model,
@@ -20,6 +20,7 @@ __all__ = [
     "count_parameters",
     "create_model",
     "get_spec",
+    "gradcam_layer",
     "last_conv_layer",
     "list_models",
     "register_model",

@@ -2,10 +2,18 @@
 
 ``cxr-resnet`` is ResNet-18's layout (He et al. 2016; torchvision's ``BasicBlock``) at a chosen base width (32 by
 default: a quarter of ResNet-18's multiply-adds) for one input channel. At 224x224 its last grid is 7x7, so Grad-CAM
-marks regions, not edges. After the last stage a 1x1 convolution with a ReLU (the ``cam`` layer) feeds global average
-pooling and the linear classifier: the registry's last convolution, Grad-CAM's default target, is then a layer whose
-maps the logits are a weighted sum of (Zhou et al. 2016's class activation map), and lung-aware training
-(:mod:`lungscope.training.lung_focus`) can penalise exactly the map that ``explain`` shows.
+marks regions, not edges. After the last stage a 1x1 convolution and a ReLU (the ``cam`` and ``relu`` layers) feed
+global average pooling and the linear classifier, so each logit is a weighted sum of the rectified maps' means (Zhou et
+al. 2016's class activation map). Two choices make Grad-CAM show exactly what moves the answer:
+
+- Its target layer is ``relu``, the maps the head pools (:func:`~lungscope.models.gradcam_layer`), not the
+  convolution before it: below zero the convolution's output never reaches the logits, yet Grad-CAM on it would weigh
+  those values in; measured on the bundled model, they made 97% of the map's mass negative and straight-edged.
+- The logits are centred (their mean over classes subtracted). The softmax ignores a component shared by all
+  classes, so training leaves it free, and Grad-CAM of an uncentred logit would show it; centred, class ``c``'s map is
+  its evidence against the other classes (for two classes, half the log-odds map). Probabilities are unchanged.
+
+Lung-aware training (:mod:`lungscope.training.lung_focus`) penalises the same map that ``explain`` shows.
 """
 
 from __future__ import annotations
@@ -28,7 +36,10 @@ def _stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequenti
 
 
 class CXRResNet(nn.Module):
-    """``features`` (stem and four ResNet stages) -> ``cam`` (1x1 conv, ReLU) -> average pool -> dropout -> linear."""
+    """``features`` (stem and four ResNet stages) -> ``cam`` (1x1 conv) -> ``relu`` -> average pool -> dropout ->
+    linear -> logits centred over the classes (when there are several)."""
+
+    gradcam_layer = "relu"
 
     def __init__(self, num_classes: int, in_channels: int, width: int, blocks: tuple[int, ...], dropout: float) -> None:
         super().__init__()
@@ -45,7 +56,7 @@ class CXRResNet(nn.Module):
             planes = out
         self.features = nn.Sequential(*stages)
         self.cam = nn.Conv2d(planes, planes, 1)
-        self.relu = nn.ReLU()  # not in-place: a hook on ``cam`` (Grad-CAM) sees its output unchanged
+        self.relu = nn.ReLU()  # not in-place: Grad-CAM's layer; a hook on it sees its output unchanged
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(planes, num_classes)
@@ -56,16 +67,9 @@ class CXRResNet(nn.Module):
             if isinstance(module, BasicBlock):
                 nn.init.zeros_(module.bn2.weight)
 
-    def cam_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """The ``cam`` layer's pre-activation maps ``(N, C, h, w)``: what Grad-CAM's default layer outputs."""
-        return self.cam(self.features(x))
-
-    def head(self, maps: torch.Tensor) -> torch.Tensor:
-        """Logits of :meth:`cam_maps`' output."""
-        return self.fc(self.dropout(self.pool(self.relu(maps)).flatten(1)))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.cam_maps(x))
+        logits = self.fc(self.dropout(self.pool(self.relu(self.cam(self.features(x)))).flatten(1)))
+        return logits - logits.mean(dim=1, keepdim=True) if logits.shape[1] > 1 else logits
 
 
 @register_model(

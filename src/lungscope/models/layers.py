@@ -1,4 +1,5 @@
-"""Finding the layers other code needs by role: first and last convolution, classifier head; counting parameters."""
+"""Finding the layers other code needs by role: first and last convolution, Grad-CAM's layer, classifier head;
+counting parameters."""
 
 from __future__ import annotations
 
@@ -32,6 +33,18 @@ def first_conv_layer(model: nn.Module) -> tuple[str, nn.Conv2d]:
 def last_conv_layer(model: nn.Module) -> tuple[str, nn.Conv2d]:
     """Name (as in ``named_modules``) and module of the last ``nn.Conv2d``: Grad-CAM's default target layer."""
     return _layers(model, nn.Conv2d)[-1]
+
+
+def gradcam_layer(model: nn.Module) -> tuple[str, nn.Module]:
+    """Name and module of Grad-CAM's default target layer: the one a network names in its ``gradcam_layer``
+    attribute (the rectified maps its head pools, as cxr-resnet's), looked up in every submodule (a two-stage
+    model's backbone), else the last ``nn.Conv2d``."""
+    for prefix, module in model.named_modules():
+        name = getattr(module, "gradcam_layer", None)
+        if isinstance(name, str):
+            full = f"{prefix}.{name}" if prefix else name
+            return full, model.get_submodule(full)
+    return last_conv_layer(model)
 
 
 def named_classifier_head(model: nn.Module) -> tuple[str, nn.Linear]:

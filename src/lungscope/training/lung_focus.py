@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lungscope.models import last_conv_layer
+from lungscope.models import gradcam_layer
 from lungscope.progress import progress_bar
 from lungscope.segmentation.segmenter import cached_segmenter
 
@@ -30,12 +30,12 @@ def grad_cam(scores: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
 
 
 class GradCamOutsideLungs:
-    """A forward hook on ``model``'s last convolution keeps its output; calling the object with the batch's logits
+    """A forward hook on ``model``'s Grad-CAM layer keeps its output; calling the object with the batch's logits
     and lung masks ``(N, 1, H, W)`` in [0, 1] returns the mean over images and classes of the fraction of Grad-CAM's
     absolute mass outside the lungs (the mask averaged onto the layer's grid), a differentiable scalar."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.layer_name, layer = last_conv_layer(model)
+        self.layer_name, layer = gradcam_layer(model)
         self.maps: torch.Tensor | None = None
         self._handle = layer.register_forward_hook(self._keep)
 
