@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from lungscope.bundled import MODELS
 from lungscope.cli import main
-from lungscope.inference import DEFAULT_MODEL
 from lungscope.segmentation.segmenter import DEFAULT_SEGMENTER
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,10 +103,10 @@ def test_foreign_checkpoint_is_one_line_error(case: str, verb: str, reason: str,
     makers = {
         "image.jpeg": lambda: shutil.copy(next((REPO / "samples" / "NORMAL").iterdir()), model),
         "notes.txt": lambda: model.write_text("lr: 0.001\n"),
-        "truncated.pt": lambda: model.write_bytes(DEFAULT_MODEL.read_bytes()[:4096]),
+        "truncated.pt": lambda: model.write_bytes(MODELS["default"].read_bytes()[:4096]),
         "crafted.pt": lambda: torch.save({"model": _Crafted(marker)}, model),
         "lung-unet.pt": lambda: shutil.copy(DEFAULT_SEGMENTER, model),
-        "pneumonia.pt": lambda: shutil.copy(DEFAULT_MODEL, model),
+        "pneumonia.pt": lambda: shutil.copy(MODELS["default"], model),
     }
     makers[case]()
     result = _cli(verb, SAMPLES, "--model", str(model), "--out", str(tmp_path / "out"))

@@ -16,22 +16,21 @@ import torch
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
+from lungscope.bundled import bundled_model
 from lungscope.checkpoint import load_checkpoint
 from lungscope.data.io import read_image
 from lungscope.data.transforms import PREPROCESSING_KEYS, build_augment_normalise, build_preprocess, preprocessing_of
 from lungscope.errors import ConfigError, ImageReadError
 from lungscope.evaluation.calibration import apply_temperature
 from lungscope.models import create_model
-from lungscope.models.weights import LUNGSCOPE_CXR_CHECKPOINT
 from lungscope.segmentation import ROI_CHOICES, LungCrop
 from lungscope.segmentation.masks import Box
 
-DEFAULT_MODEL = LUNGSCOPE_CXR_CHECKPOINT  # the bundled pneumonia model, also the lungscope-cxr backbone
-
 
 def checkpoint_path(source: str | os.PathLike[str]) -> Path:
-    """The checkpoint file of a run folder (its ``best.pt``), a checkpoint path or ``"default"``."""
-    path = DEFAULT_MODEL if str(source) == "default" else Path(source)
+    """The checkpoint file of a run folder (its ``best.pt``), a checkpoint path, or a bundled model's name
+    (``default``, ``tb``: :data:`lungscope.bundled.MODELS`)."""
+    path = bundled_model(source) or Path(source)
     return path / "best.pt" if path.is_dir() else path
 
 

@@ -12,6 +12,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from lungscope.bundled import MODELS, TASKS
+
 EXIT_OK, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -25,6 +27,8 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+MODEL_HELP = "run folder (or its best.pt), or a bundled model: " + ", ".join(f"{n} ({TASKS[n]})" for n in MODELS)
 
 
 def write_json(data: object, path: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from lungscope.cli.common import (
     EXIT_OK,
     EXIT_PARTIAL,
+    MODEL_HELP,
     add_explain_methods,
     add_model_options,
     add_roi_option,
@@ -78,7 +79,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "predicted, 2 when some could not be read, 1 for a usage error.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="files, folders (searched recursively) or glob patterns")
-    p.add_argument("--model", default="default", help="run folder, checkpoint, or default (the bundled model)")
+    p.add_argument("--model", default="default", help=MODEL_HELP)
     p.add_argument("--csv", type=Path, metavar="OUT", help="write path,probability,prediction,error rows")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the rows as a JSON list")
     p.add_argument("--threshold", type=float, metavar="X", help="decision threshold (default: the model's own)")
@@ -130,7 +131,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         description="A FastAPI app with one page and POST /api/predict, /api/explain, /api/image. Binds to "
         "127.0.0.1 unless told otherwise; uploads are never kept after the answer.",
     )
-    p.add_argument("--model", default="default", help="run folder, checkpoint, or default (the bundled model)")
+    p.add_argument("--model", default="default", help=MODEL_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="larger uploads get 413 (default 50)")
@@ -155,7 +156,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                        description="The exported graph takes a normalised (N, 1, S, S) batch and returns logits. "
                        "An ONNX file also carries the classes, the threshold, the calibration and the preprocessing "
                        "as JSON in its metadata (keys lungscope.classes, .threshold, .calibration, .preprocessing).")
-    p.add_argument("run", metavar="RUN_DIR", help="run folder, checkpoint, or default")
+    p.add_argument("run", metavar="RUN_DIR", help=MODEL_HELP)
     p.add_argument("--format", choices=["onnx", "torchscript"], required=True)
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="the file to write, e.g. model.onnx")
     p.set_defaults(func=_cmd_export)

@@ -9,6 +9,7 @@ from pathlib import Path
 from lungscope.cli.common import (
     EXIT_OK,
     EXIT_PARTIAL,
+    MODEL_HELP,
     add_model_options,
     add_roi_option,
     load_model,
@@ -52,7 +53,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "balanced accuracy, ROC-AUC, PR-AUC, each with a 95% CI by bootstrap over patients; the confusion matrix; "
         "the expected calibration error. Unreadable files are listed and skipped (exit code 2).",
     )
-    p.add_argument("run", type=Path, metavar="RUN_DIR", help="run folder (or its best.pt)")
+    p.add_argument("run", type=Path, metavar="RUN_DIR", help=MODEL_HELP)
     p.add_argument("--data", type=Path, required=True, help="folder or CSV manifest, e.g. RUN_DIR/split.csv")
     p.add_argument("--split", help="evaluate only the rows of this split of --data (e.g. test: held-out patients)")
     p.add_argument("--labels", choices=["binary", "three-class", "tb"],
@@ -106,7 +107,7 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
         "patient bootstrap) that the refitted rule gives on held-out folds of those patients, beside the model's own. "
         "Without them: refit a run's operating point on its validation split and store it in the run.",
     )
-    p.add_argument("run", metavar="MODEL", help="run folder (or checkpoint, or default with --site)")
+    p.add_argument("run", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("--data", type=Path, help="the site's labelled folder or CSV manifest")
     p.add_argument("--site", metavar="NAME", help="the site's name (letters, digits, '.', '_', '-')")
     p.add_argument("--resamples", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")

@@ -8,6 +8,7 @@ from pathlib import Path
 from lungscope.cli.common import (
     EXIT_OK,
     EXIT_PARTIAL,
+    MODEL_HELP,
     add_explain_methods,
     add_roi_option,
     printed_warnings,
@@ -38,7 +39,7 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
         "explain-check flagged prints a warning; one it did not measure does too if the literature finds it fails "
         "the model-randomisation test.",
     )
-    p.add_argument("run", type=Path, metavar="RUN_DIR", help="run folder (or its best.pt)")
+    p.add_argument("run", type=Path, metavar="RUN_DIR", help=MODEL_HELP)
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files and folders")
     add_explain_methods(p, "--method", "M", "one or more of %(choices)s (default gradcam)")
     p.add_argument("--sign", default="positive", help="positive (default), negative, absolute, or all: both signs in a "
@@ -78,7 +79,7 @@ def _add_activations(sub: argparse._SubParsersAction) -> None:
         description="Write OUT/<stem>_<layer>_activations.png (the layer's channels) and OUT/<stem>_<layer>_topK.png "
         "(the K channels with the largest mean activation, over the image or inside --region, over the X-ray).",
     )
-    p.add_argument("run", type=Path, metavar="RUN_DIR", help="run folder (or its best.pt)")
+    p.add_argument("run", type=Path, metavar="RUN_DIR", help=MODEL_HELP)
     p.add_argument("image", type=Path, metavar="IMAGE", help="an image file")
     p.add_argument("--layer", metavar="NAME", help="layer name, as in the model's named_modules (default: last conv)")
     p.add_argument("--top", type=int, default=8, metavar="K", help="number of most active channels (default 8)")
@@ -99,7 +100,7 @@ def _cmd_filters(args: argparse.Namespace) -> int:
 def _add_filters(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("filters", help="a convolution's kernels as a grid (default: the first layer's)",
                        description="Write OUT/filters_<layer>.png: each kernel of the convolution on one signed scale.")
-    p.add_argument("run", type=Path, metavar="RUN_DIR", help="run folder (or its best.pt)")
+    p.add_argument("run", type=Path, metavar="RUN_DIR", help=MODEL_HELP)
     p.add_argument("--layer", metavar="NAME", help="a convolution's name (default: the first)")
     p.add_argument("--out", type=Path, required=True, help="folder for the figure")
     p.set_defaults(func=_cmd_filters)
@@ -126,7 +127,7 @@ def _add_explain_check(sub: argparse._SubParsersAction) -> None:
         "inside the lung fields. Writes --json OUT, a figure beside it (.png) and RUN_DIR/explain_check.json, which "
         "`lungscope explain` reads to warn about flagged methods.",
     )
-    p.add_argument("run", type=Path, metavar="RUN_DIR", help="run folder")
+    p.add_argument("run", type=Path, metavar="RUN_DIR", help=MODEL_HELP)
     p.add_argument("--data", type=Path, required=True, help="folder or CSV manifest, e.g. RUN_DIR/split.csv")
     p.add_argument("--split", help="use only the rows of this split of a manifest (e.g. test: held-out patients)")
     p.add_argument("--n", type=int, default=100, help="images drawn at random (seeded) from --data (default 100)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lungscope.cli.common import EXIT_OK, EXIT_PARTIAL
+from lungscope.cli.common import EXIT_OK, EXIT_PARTIAL, MODEL_HELP
 
 
 def _cmd_features(args: argparse.Namespace) -> int:
@@ -28,7 +28,7 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
         "Parquet schema metadata key 'lungscope' records the run, model, layer, feature_dim, labels, classes and "
         "image_size (what train-head reads). Exit code 0 when every file was read, 2 when some could not be.",
     )
-    p.add_argument("run", metavar="RUN_DIR", help="run folder, checkpoint, or default (the bundled model)")
+    p.add_argument("run", metavar="RUN_DIR", help=MODEL_HELP)
     p.add_argument("data", metavar="DATA", help="a data set folder or CSV manifest (path,label[,patient_id])")
     p.add_argument("--out", type=Path, required=True, metavar="FEATURES.parquet", help="the Parquet file to write")
     p.add_argument("--layer", metavar="NAME", help="a module name (see the error for the list; default: the input "

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from lungscope.bundled import bundled_model
 from lungscope.errors import ConfigError
 from lungscope.inference import Classifier
 from lungscope.models.layers import named_classifier_head
@@ -20,9 +21,9 @@ PENULTIMATE = "input"  # the suffix recorded for the default layer: "<final Line
 
 
 def model_source(model: str | os.PathLike[str]) -> str:
-    """``"default"`` (the bundled model), or the absolute path of a run folder or checkpoint: what the features file
-    records and what a Spark worker loads, whatever its working folder."""
-    return "default" if str(model) == "default" else str(Path(model).absolute())
+    """A bundled model's name (``"default"``, ``"tb"``), or the absolute path of a run folder or checkpoint: what the
+    features file records and what a Spark worker loads, whatever its working folder."""
+    return str(model) if bundled_model(model) else str(Path(model).absolute())
 
 
 def feature_layer(model: nn.Module, layer: str | None = None) -> tuple[str, nn.Module, bool]:

@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 import torch
 from torchvision.models import get_model, get_model_weights
 
+from lungscope.bundled import MODELS
 from lungscope.checkpoint import load_checkpoint
 from lungscope.errors import ConfigError
 from lungscope.models.layers import first_conv_layer, named_classifier_head
@@ -19,7 +20,7 @@ from lungscope.models.layers import first_conv_layer, named_classifier_head
 _SHOWN = 3  # keys named per kind of problem in an error message
 
 LUNGSCOPE_CXR = "lungscope-cxr"  # the ``pretrained`` name of lungscope's own chest X-ray model, the one below
-LUNGSCOPE_CXR_CHECKPOINT = Path(__file__).resolve().parents[1] / "bundled" / "pneumonia.pt"
+LUNGSCOPE_CXR_CHECKPOINT = MODELS["default"]
 
 
 def _one_line(exc: BaseException) -> str:

@@ -13,11 +13,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lungscope.bundled import SEGMENTER
 from lungscope.checkpoint import load_checkpoint
 from lungscope.models import create_model
 from lungscope.segmentation.masks import clean_mask
 
-DEFAULT_SEGMENTER = Path(__file__).resolve().parent.parent / "bundled" / "lung-unet.pt"
+DEFAULT_SEGMENTER = SEGMENTER
 MEAN, STD = 0.5, 0.25  # the classifiers' normalisation: [0, 1] -> about [-2, 2]
 
 

@@ -140,11 +140,12 @@ def train_segmenter(
         with torch.inference_mode():
             predicted = model(normalise(val_x)) >= 0
         val_dice = float(np.mean([dice(p.numpy(), t.numpy()) for p, t in zip(predicted, val_y >= 0.5)]))
-        history.append({"epoch": epoch, "train_loss": total / len(train_x), "val_dice": val_dice})
+        history.append({"epoch": epoch, "train_loss": total / len(train_x), "val_dice": val_dice,
+                        "seconds": round(time.perf_counter() - started, 1)})
+        pd.DataFrame(history).to_csv(out / "metrics.csv", index=False)  # each epoch: progress for a log reader
         if val_dice > best:
             best = val_dice
             state = {"model": {k: v.clone() for k, v in model.state_dict().items()}, "epoch": epoch}
-    pd.DataFrame(history).to_csv(out / "metrics.csv", index=False)
     checkpoint = {
         **state, "model_name": config.model, "model_options": config.model_options, "image_size": config.image_size,
         "config": asdict(config), "val_dice": best,

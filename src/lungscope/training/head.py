@@ -39,6 +39,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lungscope.bundled import bundled_model
 from lungscope.checkpoint import save_checkpoint
 from lungscope.data.io import read_image
 from lungscope.data.labels import classes_for
@@ -123,7 +124,7 @@ def _layer_option(layer: str, backbone: str, options: dict[str, Any]) -> str | N
 
 def _assign_split(frame: pd.DataFrame, config: HeadConfig, run: str) -> tuple[pd.DataFrame, str]:
     """``frame`` with ``split`` (rows outside the manifest dropped) and where the split came from."""
-    manifest = config.manifest or (os.path.join(run, "split.csv") if run != "default" else None)
+    manifest = config.manifest or (os.path.join(run, "split.csv") if not bundled_model(run) else None)
     if manifest is None or not os.path.isfile(manifest):
         if config.manifest:
             raise ConfigError(f"{config.manifest}: manifest not found")
