@@ -1,31 +1,33 @@
-"""The explanation methods: a small :class:`Explainer` per method, each wrapping its Captum class.
+"""The explanation methods: a small :class:`Explainer` per method, on Captum's public classes.
 
 Every explainer turns a batch ``(N, C, H, W)`` of model inputs and one target class per image into maps ``(N, H, W)``
 at the input's resolution with their signs kept (positive: evidence for the target). Input-level attributions of a
-multi-channel input (the grey image repeated for an ImageNet backbone) are summed over channels: by the chain rule
-that sum is the attribution of the grey pixel the channels were copied from.
+multi-channel input (the grey image repeated for an ImageNet backbone) are summed over channels
+(:class:`InputExplainer`): by the chain rule that sum is the attribution of the grey pixel the channels were copied
+from.
+
+Guided Backprop and Deconvolution rewrite the backward pass of every rectifier module (``nn.ReLU``, ``nn.LeakyReLU``,
+``nn.PReLU``; Captum's own classes rewrite ``nn.ReLU`` only) with PyTorch's public full backward hooks
+(:func:`rectifiers_rewritten`), then take the input gradient with Captum's ``Saliency``.
 """
 
 from __future__ import annotations
 
 import inspect
-import warnings
-from collections.abc import Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from captum._utils.common import _register_backward_hook
 from captum.attr import (
-    Deconvolution,
-    GuidedBackprop,
-    GuidedGradCam,
     IntegratedGradients,
     LayerAttribution,
     LayerGradCam,
     Occlusion,
+    Saliency,
 )
 from torch import nn
 
@@ -77,7 +79,7 @@ def explaining(model: nn.Module) -> Iterator[nn.Module]:
     In-place activations (the ReLUs of torchvision's VGG, AlexNet and ResNet) overwrite the tensor a Captum hook
     captured: a convolution feeding ``ReLU(inplace=True)`` would report its rectified output, and autograd refuses
     to differentiate through a hooked tensor modified in place. Flags are flipped and restored, not copied: no
-    second copy of the weights. Captum's notice that it hooks the ReLUs is silenced.
+    second copy of the weights.
     """
     modes = {module: module.training for module in model.modules()}
     inplace = [module for module in model.modules() if getattr(module, "inplace", False) is True]
@@ -85,9 +87,7 @@ def explaining(model: nn.Module) -> Iterator[nn.Module]:
     for module in inplace:
         module.inplace = False  # type: ignore[assignment]  # a bool flag, not a submodule
     try:
-        with torch.enable_grad(), warnings.catch_warnings():
-            # Captum announces on every call that it hooks the ReLUs and removes the hooks after: noise to a user.
-            warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU", category=UserWarning)
+        with torch.enable_grad():
             yield model
     finally:
         for module in inplace:
@@ -116,7 +116,7 @@ def resolve_targets(target: int | torch.Tensor | np.ndarray | list[int] | None, 
     return targets
 
 
-class Explainer:
+class Explainer(ABC):
     """One method: ``attribute(inputs, targets) -> (N, H, W)`` maps. Subclasses set ``name`` (and ``uses_layer``)."""
 
     name: ClassVar[str]
@@ -130,8 +130,29 @@ class Explainer:
         self.layer: nn.Module | None
         self.layer_name, self.layer = resolve_layer(model, layer) if self.uses_layer else (None, None)
 
+    @abstractmethod
     def attribute(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Maps ``(N, H, W)`` of ``inputs`` ``(N, C, H, W)``, explaining class ``targets[i]`` of image ``i``."""
+
+
+class InputExplainer(Explainer):
+    """A method attributing to the input's values: :meth:`input_attributions` ``(N, C, H, W)``, summed over the
+    channels (the attribution of the grey pixel a multi-channel input repeats; see the module's docstring)."""
+
+    def attribute(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.input_attributions(inputs, targets).sum(dim=1)
+
+    @abstractmethod
+    def input_attributions(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Attributions ``(N, C, H, W)``, one per input value."""
+
+
+def gradcam(model: nn.Module, layer: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+            relu: bool = False) -> torch.Tensor:
+    """Grad-CAM of ``layer`` ``(N, H, W)``, upsampled bilinearly to the input's size; ReLU'd on the layer's grid if
+    ``relu``."""
+    cam = LayerGradCam(model, layer).attribute(inputs, target=targets, relu_attributions=relu)
+    return LayerAttribution.interpolate(cam, tuple(inputs.shape[-2:]), interpolate_mode="bilinear")[:, 0]
 
 
 class GradCamExplainer(Explainer):
@@ -150,63 +171,112 @@ class GradCamExplainer(Explainer):
         self.relu = relu
 
     def attribute(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        cam = LayerGradCam(self.model, self.layer).attribute(inputs, target=targets, relu_attributions=self.relu)
-        return LayerAttribution.interpolate(cam, tuple(inputs.shape[-2:]), interpolate_mode="bilinear")[:, 0]
+        assert self.layer is not None  # uses_layer
+        return gradcam(self.model, self.layer, inputs, targets, relu=self.relu)
 
 
 RECTIFIERS = (nn.ReLU, nn.LeakyReLU, nn.PReLU)
 
-
-class _RectifierHooks:
-    """Captum's Guided Backprop and Deconvolution override the backward pass of ``nn.ReLU`` modules only, so a
-    network of LeakyReLUs (three-block-cnn) or PReLUs would silently get plain gradients. The same rule (keep
-    positive gradients) is applied here to every rectifier module; functional ReLUs (DenseNet) stay unguided."""
-
-    def _register_hooks(self, module: nn.Module) -> None:
-        if isinstance(module, RECTIFIERS):
-            # backward_hooks and _backward_hook come from Captum's class that this mixin precedes
-            self.backward_hooks.extend(_register_backward_hook(module, self._backward_hook, self))  # type: ignore[attr-defined]
+BackwardHook = Callable[[nn.Module, tuple[torch.Tensor | None, ...], tuple[torch.Tensor | None, ...]],
+                        tuple[torch.Tensor, ...] | None]
 
 
-class _GuidedBackprop(_RectifierHooks, GuidedBackprop):
-    pass
+def _guided_backward(module: nn.Module, grad_input: tuple[torch.Tensor | None, ...],
+                     grad_output: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor, ...] | None:
+    """Guided Backprop: the rectifier's own backward (ReLU: 0 below 0; LeakyReLU, PReLU: the slope), then only the
+    positive gradients pass."""
+    (grad,) = grad_input
+    return None if grad is None else (torch.relu(grad),)
 
 
-class _Deconvolution(_RectifierHooks, Deconvolution):
-    pass
+def _deconvolution_backward(module: nn.Module, grad_input: tuple[torch.Tensor | None, ...],
+                            grad_output: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor, ...] | None:
+    """Deconvolution: the rectifier's backward replaced by a ReLU of the incoming gradient (its input ignored)."""
+    (grad,), (incoming,) = grad_input, grad_output
+    return None if grad is None or incoming is None else (torch.relu(incoming),)
 
 
-class GuidedBackpropExplainer(Explainer):
+BACKWARD_RULES: dict[str, BackwardHook] = {
+    "guided-backprop": _guided_backward,
+    "deconvolution": _deconvolution_backward,
+}
+
+
+@contextmanager
+def rectifiers_rewritten(model: nn.Module, rule: str) -> Iterator[list[nn.Module]]:
+    """For the duration, the backward pass of every rectifier module of ``model`` (:data:`RECTIFIERS`) follows
+    ``rule`` (:data:`BACKWARD_RULES`); yields the rectifiers. Functional ReLUs (DenseNet's) are not modules: they
+    keep their plain gradient.
+
+    Public API only: a ``register_full_backward_hook`` per rectifier, all removed on exit, even on error. Such a hook
+    sees the gradient of a module's own input (a tensor read elsewhere too is rewritten on this path only) and is
+    called only when that input needs a gradient, as every rectifier between the input and the output does when the
+    input requires grad. In-place rectifiers are made out-of-place for the duration (a hooked module's input must not
+    be overwritten) and restored.
+    """
+    try:
+        hook = BACKWARD_RULES[rule]
+    except KeyError:
+        raise ConfigError(f"unknown rectifier rule {rule!r}; choose one of {', '.join(BACKWARD_RULES)}") from None
+    rectifiers: list[nn.Module] = [module for module in model.modules() if isinstance(module, RECTIFIERS)]
+    inplace = [module for module in rectifiers if getattr(module, "inplace", False) is True]
+    handles = []
+    try:
+        for module in inplace:
+            module.inplace = False  # type: ignore[assignment]  # a bool flag, not a submodule
+        for module in rectifiers:
+            handles.append(module.register_full_backward_hook(hook))
+        yield rectifiers
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module in inplace:
+            module.inplace = True  # type: ignore[assignment]  # a bool flag, not a submodule
+
+
+def rewritten_gradient(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, rule: str) -> torch.Tensor:
+    """The gradient ``(N, C, H, W)`` of each image's target logit with respect to its input, through rectifiers
+    rewritten by ``rule`` (Captum's public ``Saliency``, signed). Inputs that do not require grad are differentiated
+    through a detached copy that does (Captum would flip the caller's flag for the call, with a warning)."""
+    if not inputs.requires_grad:
+        inputs = inputs.detach().requires_grad_()
+    with torch.enable_grad(), rectifiers_rewritten(model, rule):
+        return Saliency(model).attribute(inputs, target=targets, abs=False)
+
+
+class GuidedBackpropExplainer(InputExplainer):
     """Guided Backpropagation (Springenberg et al. 2015), guiding every rectifier module."""
 
     name = "guided-backprop"
 
-    def attribute(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return _GuidedBackprop(self.model).attribute(inputs, target=targets).sum(dim=1)
+    def input_attributions(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return rewritten_gradient(self.model, inputs, targets, "guided-backprop")
 
 
-class DeconvolutionExplainer(Explainer):
+class DeconvolutionExplainer(InputExplainer):
     """Deconvolution (Zeiler & Fergus 2014), through every rectifier module."""
 
     name = "deconvolution"
 
-    def attribute(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return _Deconvolution(self.model).attribute(inputs, target=targets).sum(dim=1)
+    def input_attributions(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return rewritten_gradient(self.model, inputs, targets, "deconvolution")
 
 
 class GuidedGradCamExplainer(Explainer):
-    """Guided Grad-CAM: Guided Backprop times the (ReLU'd, bilinearly upsampled) Grad-CAM of the layer."""
+    """Guided Grad-CAM (Selvaraju et al. 2017): Guided Backprop (every rectifier guided) times the ReLU'd, bilinearly
+    upsampled Grad-CAM of the layer. The Grad-CAM map is one per pixel, so multiplying after the channel sum is the
+    same as before it."""
 
     name = "guided-gradcam"
     uses_layer = True
 
     def attribute(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        explainer = GuidedGradCam(self.model, self.layer)
-        explainer.guided_backprop = _GuidedBackprop(self.model)  # guide LeakyReLU/PReLU too (see _RectifierHooks)
-        return explainer.attribute(inputs, target=targets, interpolate_mode="bilinear").sum(dim=1)
+        assert self.layer is not None  # uses_layer
+        cam = gradcam(self.model, self.layer, inputs, targets, relu=True)
+        return GuidedBackpropExplainer(self.model).attribute(inputs, targets) * cam
 
 
-class IntegratedGradientsExplainer(Explainer):
+class IntegratedGradientsExplainer(InputExplainer):
     """Integrated Gradients (Sundararajan et al. 2017) from the mean-grey baseline, ``steps`` Gauss-Legendre points."""
 
     name = "integrated-gradients"
@@ -216,14 +286,13 @@ class IntegratedGradientsExplainer(Explainer):
         self.steps = steps
         self.internal_batch_size = internal_batch_size
 
-    def attribute(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        attributions = IntegratedGradients(self.model).attribute(
+    def input_attributions(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return IntegratedGradients(self.model).attribute(
             inputs, baselines=BASELINE, target=targets, n_steps=self.steps, internal_batch_size=self.internal_batch_size
         )
-        return attributions.sum(dim=1)
 
 
-class OcclusionExplainer(Explainer):
+class OcclusionExplainer(InputExplainer):
     """Occlusion (Zeiler & Fergus 2014): the score lost when a square patch is set to the mean grey.
 
     ``window`` defaults to 1/8 of the input's side and ``stride`` to half the window (225 positions).
@@ -237,11 +306,11 @@ class OcclusionExplainer(Explainer):
         self.window, self.stride = window, stride
         self.perturbations_per_eval = perturbations_per_eval
 
-    def attribute(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def input_attributions(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         channels, side = inputs.shape[1], min(inputs.shape[-2:])
         window = self.window or max(1, side // 8)
         stride = self.stride or max(1, window // 2)
-        attributions = Occlusion(self.model).attribute(
+        return Occlusion(self.model).attribute(
             inputs,
             sliding_window_shapes=(channels, window, window),
             strides=(channels, stride, stride),
@@ -249,7 +318,6 @@ class OcclusionExplainer(Explainer):
             target=targets,
             perturbations_per_eval=self.perturbations_per_eval,
         )
-        return attributions.sum(dim=1)
 
 
 METHODS: dict[str, type[Explainer]] = {
