@@ -118,7 +118,8 @@ def main() -> None:
 - Network: `{config['model']}` {config.get('model_options') or ''} ({count_parameters(classifier.model):,} parameters,
   {size_mb:.1f} MB checkpoint), {classifier.image_size}x{classifier.image_size} grayscale input squashed from the
   whole image, normalised `{config.get('normalise', 'fixed')}`; softmax over {', '.join(classifier.classes)}.
-  Its last convolution (Grad-CAM's layer) is a {_grid(classifier)} grid.
+  Grad-CAM's layer (the rectified class-activation maps its head pools; logits centred over the classes) is a
+  {_grid(classifier)} grid.
 - Training: from scratch (no outside weights), {config['optimizer']} lr {config['lr']}, {config['scheduler']}
   schedule, {summary['epochs_run']} epochs (best by {config['monitor']}: epoch {summary['best_epoch']}), batch
   {config['batch_size']}, class weights {config.get('class_weights')}, label smoothing {config.get('label_smoothing')},
