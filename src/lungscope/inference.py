@@ -18,13 +18,19 @@ from torchvision.transforms.v2 import functional as TF
 
 from lungscope.checkpoint import load_checkpoint
 from lungscope.data.io import read_image
-from lungscope.data.transforms import PREPROCESSING_KEYS, build_augment_normalise, build_preprocess, preprocessing_of
+from lungscope.data.transforms import (
+    PREPROCESSING_KEYS,
+    ROI_CHOICES,
+    Box,
+    build_augment_normalise,
+    build_preprocess,
+    preprocessing_of,
+)
 from lungscope.errors import ConfigError, ImageReadError
 from lungscope.evaluation.calibration import apply_temperature
 from lungscope.models import create_model
 from lungscope.models.weights import LUNGSCOPE_CXR_CHECKPOINT
-from lungscope.segmentation import ROI_CHOICES, LungCrop
-from lungscope.segmentation.masks import Box
+from lungscope.segmentation import LungCrop
 
 DEFAULT_MODEL = LUNGSCOPE_CXR_CHECKPOINT  # the bundled pneumonia model, also the lungscope-cxr backbone
 
