@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import softmax
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
@@ -27,7 +28,6 @@ from lungscope.data.transforms import (
     preprocessing_of,
 )
 from lungscope.errors import ConfigError, ImageReadError
-from lungscope.evaluation.calibration import apply_temperature
 from lungscope.models import create_model
 from lungscope.models.weights import LUNGSCOPE_CXR_CHECKPOINT
 from lungscope.segmentation import LungCrop
@@ -39,6 +39,17 @@ def checkpoint_path(source: str | os.PathLike[str]) -> Path:
     """The checkpoint file of a run folder (its ``best.pt``), a checkpoint path or ``"default"``."""
     path = DEFAULT_MODEL if str(source) == "default" else Path(source)
     return path / "best.pt" if path.is_dir() else path
+
+
+def apply_temperature(
+    probabilities: np.ndarray, temperature: float, bias: np.ndarray | list[float] | None = None
+) -> np.ndarray:
+    """Softmax probabilities (N x C) as if the logits had been divided by ``temperature`` (and ``bias`` added).
+
+    ``log p`` equals the logits up to a per-row constant, which softmax ignores, so probabilities suffice.
+    """
+    logits = np.log(np.clip(probabilities, 1e-12, 1.0)) / temperature
+    return softmax(logits if bias is None else logits + np.asarray(bias), axis=1)
 
 
 TTA_VIEWS = 6  # the most views test-time augmentation takes (see tta_views)

@@ -12,9 +12,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_curve, roc_curve
 
-from lungscope.evaluation.calibration import apply_temperature, reliability
+from lungscope.evaluation.calibration import reliability
 from lungscope.evaluation.evaluate import Evaluation
 from lungscope.evaluation.formatting import format_probability
+from lungscope.inference import apply_temperature
 from lungscope.training.curves import plot_curves
 
 _SIZE = (4.8, 4.2)
