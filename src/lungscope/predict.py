@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+import pandas as pd
 
 from lungscope.data.datasets import collect_inputs
 from lungscope.errors import ConfigError
@@ -124,6 +125,55 @@ def predict_to_files(
     return run
 
 
+def _spark_task(
+    source: str, threshold: float | None, batch_size: int, workers: int | None
+) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """What a Spark Python worker runs on a partition of ``path, error`` rows: :func:`file_rows` of its files."""
+    def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from lungscope.features.spark import worker_classifier
+
+        classifier = worker_classifier(source)
+        for frame in frames:
+            failed = frame["error"].notna()
+            rows = [{"path": path, "error": error}
+                    for path, error in zip(frame["path"][failed], frame["error"][failed])]
+            rows += file_rows(classifier, frame["path"][~failed].tolist(), threshold, batch_size=batch_size,
+                              workers=workers)
+            for row in rows:  # the probability as Python's csv module writes it: the local engine's CSV text
+                row["probability"] = None if row.get("probability") is None else str(row["probability"])
+            yield pd.DataFrame(rows, columns=CSV_COLUMNS)
+    return run
+
+
+def predict_with_spark(
+    source: str, inputs: pd.DataFrame, csv_path: Path, threshold: float | None, *,
+    batch_size: int = 32, workers: int | None = None, master: str = "local[*]",
+) -> tuple[int, int]:
+    """Write the prediction CSV (``path, probability, prediction, error``, as the local engine writes it) for
+    ``inputs`` (``path, error``: rows with an error are passed through), computed by Spark (the engine of
+    :mod:`lungscope.features.spark`); returns how many rows were predicted and how many have an error."""
+    from lungscope.features.spark import part_files, partitions, spark_session, staging_folder
+
+    with spark_session(master) as spark, staging_folder(csv_path) as staging:
+        table = partitions(spark, inputs, "path string, error string")
+        options: dict[str, Any] = {"header": False, "quote": '"', "escape": '"', "nullValue": "", "emptyValue": "",
+                   "ignoreLeadingWhiteSpace": False, "ignoreTrailingWhiteSpace": False}
+        task = _spark_task(source, threshold, batch_size, workers)
+        schema = ", ".join(f"{column} string" for column in CSV_COLUMNS)  # the probability as text: see _spark_task
+        table.mapInPandas(task, schema).write.options(**options).csv(str(staging))
+        predicted = failed = 0
+        with csv_path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(CSV_COLUMNS)
+            for part in part_files(staging, ".csv"):
+                with part.open(newline="") as rows:
+                    for row in csv.reader(rows):
+                        writer.writerow(row)
+                        failed += bool(row[3])
+                        predicted += not row[3]
+    return predicted, failed
+
+
 def predict_archive(
     model: str | os.PathLike[str],
     inputs: Sequence[str | os.PathLike[str]],
@@ -137,11 +187,8 @@ def predict_archive(
     """:func:`predict_to_files` on Spark, for archives: the same CSV rows, computed by a Spark job at
     ``spark_master`` (:mod:`lungscope.features.spark`). ``model`` is a run folder, checkpoint or ``"default"``,
     loaded once per Spark Python worker. The rows are not kept in memory: ``rows`` of the result is empty."""
-    import pandas as pd
-
     from lungscope.features.extract import model_source
     from lungscope.features.parquet import writable_output
-    from lungscope.features.spark import predict_with_spark
 
     source = model_source(model)
     threshold = resolve_threshold(Classifier.load(source), threshold)
