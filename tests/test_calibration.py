@@ -8,7 +8,6 @@ from scipy.special import softmax
 
 from lungscope.errors import ConfigError
 from lungscope.evaluation.calibration import (
-    apply_temperature,
     expected_calibration_error,
     fit_temperature,
     fit_temperature_and_bias,
@@ -16,6 +15,7 @@ from lungscope.evaluation.calibration import (
 )
 from lungscope.evaluation.operating import operating_point
 from lungscope.evaluation.threshold import choose_threshold
+from lungscope.inference import apply_temperature
 
 
 def _overconfident(n: int, temperature: float, classes: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

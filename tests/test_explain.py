@@ -21,7 +21,6 @@ from lungscope.explain import (
     SanityWarning,
     box_region,
     cascading_randomization,
-    check_files,
     deletion_insertion,
     explain,
     explanation_figure,
@@ -35,7 +34,7 @@ from lungscope.explain import (
     top_channels,
     untrusted_reason,
 )
-from lungscope.explain.files import explain_files
+from lungscope.explain.files import check_files, explain_files
 from lungscope.explain.views import content_box, prediction_title
 from lungscope.inference import Classifier
 from lungscope.models import create_model

@@ -28,10 +28,11 @@ from pydicom.uid import (
 )
 
 from lungscope.data.audit import audit_dataset
+from lungscope.data.datasets import collect_inputs
 from lungscope.data.io import read_image
 from lungscope.errors import ImageReadError
 from lungscope.inference import Classifier
-from lungscope.predict import collect_inputs, predict_rows
+from lungscope.predict import predict_rows
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_RSS_BYTES = 1.5 * 2**30

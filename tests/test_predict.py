@@ -11,10 +11,11 @@ import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from lungscope.data.datasets import collect_inputs
 from lungscope.data.io import read_image
 from lungscope.errors import ConfigError
 from lungscope.inference import Classifier
-from lungscope.predict import collect_inputs, predict_rows, predict_to_files
+from lungscope.predict import predict_rows, predict_to_files
 
 
 def _dicom(path: Path, pixels: np.ndarray) -> Path:

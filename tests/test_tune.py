@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import json
 from pathlib import Path
@@ -13,12 +12,11 @@ import pandas as pd
 import pytest
 import yaml
 
+import lungscope.training.tune as tune_module
 from lungscope.cli import main
 from lungscope.errors import ConfigError, DatasetError, LungscopeError
-from lungscope.training import DEFAULT_SPACE, TrainConfig, load_space, tune
-from lungscope.training.tune import parse_space
-
-tune_module = importlib.import_module("lungscope.training.tune")  # the package attribute `tune` is the function
+from lungscope.training import TrainConfig
+from lungscope.training.tune import DEFAULT_SPACE, load_space, parse_space, tune
 
 REPO = Path(__file__).resolve().parents[1]
 SHALLOW = REPO / "configs" / "shallow-cnn-64.yaml"
@@ -72,7 +70,6 @@ def test_best_config_is_the_best_trial(search: tuple[Path, dict]) -> None:
     config = TrainConfig.from_yaml(out / "best_config.yaml", out="final")
     assert {k: getattr(config, k) for k in DEFAULT_SPACE} == pytest.approx(_as_config_values(best))
     assert (config.model, config.limit, config.epochs, config.manifest) == ("shallow-cnn", LIMIT, 1, None)
-    assert optuna.logging.get_verbosity() == optuna.logging.WARNING
 
 
 def test_rerun_resumes_the_study(
@@ -111,15 +108,20 @@ def test_rerun_resumes_the_study(
 def test_failed_trial_is_recorded_and_the_search_goes_on(
     chest_xray: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    levels = []
+
     def fake_train(config: TrainConfig, *, progress: bool | None = None) -> dict:
+        levels.append(optuna.logging.get_verbosity())
         if config.batch_size == 32:
             raise DatasetError("no readable image in the train split")
         return {"best_val_auc": config.lr * 10}
 
     monkeypatch.setattr(tune_module, "train", fake_train)
     space = {"batch_size": [16, 32], "lr": ["1e-3", 0.01]}  # YAML reads 1e-3 as text; it is parsed
+    before = optuna.logging.get_verbosity()
     summary = tune(_config(chest_xray, tmp_path / "grid"), 10, sampler="grid", space=space, progress=False)
     assert (summary["trials"], summary["completed"], summary["failed"]) == (4, 2, 2)  # the grid has 4 points
+    assert set(levels) == {optuna.logging.WARNING} and optuna.logging.get_verbosity() == before  # quiet, restored
     assert summary["best_params"] == {"batch_size": 16, "lr": 0.01}
     trials = pd.read_csv(tmp_path / "grid" / "trials.csv")
     failed = trials[trials["state"] == "FAIL"]

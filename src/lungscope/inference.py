@@ -13,18 +13,24 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import softmax
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from lungscope.bundled import bundled_model
 from lungscope.checkpoint import load_checkpoint
 from lungscope.data.io import read_image
-from lungscope.data.transforms import PREPROCESSING_KEYS, build_augment_normalise, build_preprocess, preprocessing_of
+from lungscope.data.transforms import (
+    PREPROCESSING_KEYS,
+    ROI_CHOICES,
+    Box,
+    build_augment_normalise,
+    build_preprocess,
+    preprocessing_of,
+)
 from lungscope.errors import ConfigError, ImageReadError
-from lungscope.evaluation.calibration import apply_temperature
 from lungscope.models import create_model
-from lungscope.segmentation import ROI_CHOICES, LungCrop
-from lungscope.segmentation.masks import Box
+from lungscope.segmentation import LungCrop
 
 
 def checkpoint_path(source: str | os.PathLike[str]) -> Path:
@@ -32,6 +38,17 @@ def checkpoint_path(source: str | os.PathLike[str]) -> Path:
     (``default``, ``tb``: :data:`lungscope.bundled.MODELS`)."""
     path = bundled_model(source) or Path(source)
     return path / "best.pt" if path.is_dir() else path
+
+
+def apply_temperature(
+    probabilities: np.ndarray, temperature: float, bias: np.ndarray | list[float] | None = None
+) -> np.ndarray:
+    """Softmax probabilities (N x C) as if the logits had been divided by ``temperature`` (and ``bias`` added).
+
+    ``log p`` equals the logits up to a per-row constant, which softmax ignores, so probabilities suffice.
+    """
+    logits = np.log(np.clip(probabilities, 1e-12, 1.0)) / temperature
+    return softmax(logits if bias is None else logits + np.asarray(bias), axis=1)
 
 
 TTA_VIEWS = 6  # the most views test-time augmentation takes (see tta_views)

@@ -3,60 +3,23 @@
 from __future__ import annotations
 
 import csv
-import glob
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+import pandas as pd
 
-from lungscope.data.datasets import find_images
-from lungscope.data.io import entry_problem
+from lungscope.data.datasets import collect_inputs
 from lungscope.errors import ConfigError
 from lungscope.inference import Classifier, Prediction
 from lungscope.progress import progress_bar
 
 CSV_COLUMNS = ["path", "probability", "prediction", "error"]
 UNCERTAINTY = "uncertainty"  # with test-time augmentation or an ensemble: the spread of the probability across them
-
-
-def collect_inputs(items: Sequence[str | os.PathLike[str]]) -> tuple[list[str], list[dict[str, str]]]:
-    """Expand files, folders (recursively, DICOM without extension included) and glob patterns, in the order given.
-
-    Returns the files and ``{"path", "error"}`` for each item that named nothing readable (a missing path, a broken
-    symlink, a FIFO or device (never opened), an empty folder or glob, what the folder walker
-    :func:`~lungscope.data.datasets.find_images` skipped), so the run can report them and go on.
-    """
-    files: list[str] = []
-    problems: list[dict[str, str]] = []
-
-    def add_file(name: str) -> None:
-        if (problem := entry_problem(name)) is None:
-            files.append(name)
-        else:
-            problems.append({"path": name, "error": problem})
-
-    for item in map(str, items):
-        path = Path(item)
-        if path.is_dir():
-            found, skipped = find_images(path)
-            problems += skipped
-            if not found:
-                problems.append({"path": item, "error": "no images found in this folder"})
-            files += [str(p) for p in found]
-        elif os.path.lexists(item) or not glob.has_magic(item):
-            add_file(item)
-        else:
-            matches = sorted(glob.glob(item, recursive=True))
-            if not matches:
-                problems.append({"path": item, "error": "the pattern matches no file"})
-            for match in matches:
-                if not os.path.isdir(match):
-                    add_file(match)
-    return list(dict.fromkeys(files)), problems  # each file once, first position kept
 
 
 @dataclass
@@ -162,6 +125,55 @@ def predict_to_files(
     return run
 
 
+def _spark_task(
+    source: str, threshold: float | None, batch_size: int, workers: int | None
+) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """What a Spark Python worker runs on a partition of ``path, error`` rows: :func:`file_rows` of its files."""
+    def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from lungscope.features.spark import worker_classifier
+
+        classifier = worker_classifier(source)
+        for frame in frames:
+            failed = frame["error"].notna()
+            rows = [{"path": path, "error": error}
+                    for path, error in zip(frame["path"][failed], frame["error"][failed])]
+            rows += file_rows(classifier, frame["path"][~failed].tolist(), threshold, batch_size=batch_size,
+                              workers=workers)
+            for row in rows:  # the probability as Python's csv module writes it: the local engine's CSV text
+                row["probability"] = None if row.get("probability") is None else str(row["probability"])
+            yield pd.DataFrame(rows, columns=CSV_COLUMNS)
+    return run
+
+
+def predict_with_spark(
+    source: str, inputs: pd.DataFrame, csv_path: Path, threshold: float | None, *,
+    batch_size: int = 32, workers: int | None = None, master: str = "local[*]",
+) -> tuple[int, int]:
+    """Write the prediction CSV (``path, probability, prediction, error``, as the local engine writes it) for
+    ``inputs`` (``path, error``: rows with an error are passed through), computed by Spark (the engine of
+    :mod:`lungscope.features.spark`); returns how many rows were predicted and how many have an error."""
+    from lungscope.features.spark import part_files, partitions, spark_session, staging_folder
+
+    with spark_session(master) as spark, staging_folder(csv_path) as staging:
+        table = partitions(spark, inputs, "path string, error string")
+        options: dict[str, Any] = {"header": False, "quote": '"', "escape": '"', "nullValue": "", "emptyValue": "",
+                   "ignoreLeadingWhiteSpace": False, "ignoreTrailingWhiteSpace": False}
+        task = _spark_task(source, threshold, batch_size, workers)
+        schema = ", ".join(f"{column} string" for column in CSV_COLUMNS)  # the probability as text: see _spark_task
+        table.mapInPandas(task, schema).write.options(**options).csv(str(staging))
+        predicted = failed = 0
+        with csv_path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(CSV_COLUMNS)
+            for part in part_files(staging, ".csv"):
+                with part.open(newline="") as rows:
+                    for row in csv.reader(rows):
+                        writer.writerow(row)
+                        failed += bool(row[3])
+                        predicted += not row[3]
+    return predicted, failed
+
+
 def predict_archive(
     model: str | os.PathLike[str],
     inputs: Sequence[str | os.PathLike[str]],
@@ -175,11 +187,8 @@ def predict_archive(
     """:func:`predict_to_files` on Spark, for archives: the same CSV rows, computed by a Spark job at
     ``spark_master`` (:mod:`lungscope.features.spark`). ``model`` is a run folder, checkpoint or ``"default"``,
     loaded once per Spark Python worker. The rows are not kept in memory: ``rows`` of the result is empty."""
-    import pandas as pd
-
     from lungscope.features.extract import model_source
     from lungscope.features.parquet import writable_output
-    from lungscope.features.spark import predict_with_spark
 
     source = model_source(model)
     threshold = resolve_threshold(Classifier.load(source), threshold)

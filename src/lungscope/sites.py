@@ -26,9 +26,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 from lungscope.data.datasets import scan_dataset
 from lungscope.errors import ConfigError, DatasetError
 from lungscope.evaluation.bootstrap import patient_bootstrap
-from lungscope.evaluation.calibration import apply_temperature
 from lungscope.evaluation.operating import operating_point
-from lungscope.inference import Classifier, checkpoint_path
+from lungscope.inference import Classifier, apply_temperature, checkpoint_path
 
 MIN_PER_CLASS = 20  # fewer examples of a class than this cannot place a threshold with any precision
 FOLDS = 5

@@ -39,7 +39,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             print(f"{row['path']}: " + (row["error"] or f"{row['prediction']} (p = {row['probability']:.3f}{spread})"))
     figures: dict[str, str] = {}
     if args.explain:
-        from lungscope.explain.files import explain_files, unique_stems
+        from lungscope.data.naming import unique_stems
+        from lungscope.explain.files import explain_files
 
         good = [row["path"] for row in run.rows if row["error"] is None]
         result = explain_files(args.model, good, args.out, methods=args.explain, batch_size=args.batch_size,

@@ -18,7 +18,7 @@ from lungscope.cli.common import (
 LAYER_HELP = "layer for gradcam/guided-gradcam (default: the model's Grad-CAM layer, else its last convolution)"
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from lungscope.explain import explain_files
+    from lungscope.explain.files import explain_files
 
     with printed_warnings(args.verb):
         result = explain_files(args.run, args.paths, args.out, args.method or ["gradcam"], sign=args.sign,
@@ -65,7 +65,7 @@ def _region(text: str) -> tuple[float, float, float, float]:
 
 
 def _cmd_activations(args: argparse.Namespace) -> int:
-    from lungscope.explain import activation_files
+    from lungscope.explain.files import activation_files
 
     for path in activation_files(args.run, args.image, args.out, layer=args.layer, top=args.top, region=args.region,
                                  device=args.device):
@@ -91,7 +91,7 @@ def _add_activations(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_filters(args: argparse.Namespace) -> int:
-    from lungscope.explain import filter_files
+    from lungscope.explain.files import filter_files
 
     print(f"wrote {filter_files(args.run, args.out, layer=args.layer)}")
     return EXIT_OK
@@ -107,7 +107,8 @@ def _add_filters(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_explain_check(args: argparse.Namespace) -> int:
-    from lungscope.explain import check_files, format_check
+    from lungscope.explain import format_check
+    from lungscope.explain.files import check_files
 
     report = check_files(args.run, args.data, args.json, n=args.n, masks=args.masks, split=args.split,
                          methods=args.method, layer=args.layer, seed=args.seed, batch_size=args.batch_size,

@@ -129,7 +129,7 @@ def _add_cv(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from lungscope.training import load_space, tune
+    from lungscope.training.tune import load_space, tune
 
     space = load_space(args.space) if args.space else None
     summary = tune(train_config(args), args.trials, sampler=args.sampler, space=space, storage=args.storage,

@@ -19,6 +19,7 @@ stem: one image, one patient. Files with the same stem are then one patient, whi
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -108,6 +109,42 @@ def find_images(root: str | os.PathLike[str]) -> tuple[list[Path], Skipped]:
             elif is_image_candidate(path):
                 images.append(path)
     return sorted(images), sorted(skipped, key=lambda s: s["path"])
+
+
+def collect_inputs(items: Sequence[str | os.PathLike[str]]) -> tuple[list[str], list[dict[str, str]]]:
+    """Expand files, folders (recursively, DICOM without extension included) and glob patterns, in the order given.
+
+    Returns the files and ``{"path", "error"}`` for each item that named nothing readable (a missing path, a broken
+    symlink, a FIFO or device (never opened), an empty folder or glob, what the folder walker
+    :func:`find_images` skipped), so the run can report them and go on.
+    """
+    files: list[str] = []
+    problems: list[dict[str, str]] = []
+
+    def add_file(name: str) -> None:
+        if (problem := entry_problem(name)) is None:
+            files.append(name)
+        else:
+            problems.append({"path": name, "error": problem})
+
+    for item in map(str, items):
+        path = Path(item)
+        if path.is_dir():
+            found, skipped = find_images(path)
+            problems += skipped
+            if not found:
+                problems.append({"path": item, "error": "no images found in this folder"})
+            files += [str(p) for p in found]
+        elif os.path.lexists(item) or not glob.has_magic(item):
+            add_file(item)
+        else:
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                problems.append({"path": item, "error": "the pattern matches no file"})
+            for match in matches:
+                if not os.path.isdir(match):
+                    add_file(match)
+    return list(dict.fromkeys(files)), problems  # each file once, first position kept
 
 
 def _class_folder(folders: Sequence[str]) -> int | None:

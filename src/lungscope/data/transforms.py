@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import cv2
 import numpy as np
@@ -24,9 +24,10 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from lungscope.errors import ConfigError, DatasetError
-from lungscope.segmentation.roi import ROI_CHOICES, LungCrop
 
 RESIZE_MODES = ("squash", "pad")
+ROI_CHOICES = ("none", "lungs")
+Box = tuple[int, int, int, int]  # top, left, bottom, right: rows top..bottom-1, columns left..right-1
 
 ImageT = TypeVar("ImageT", np.ndarray, torch.Tensor)
 
@@ -86,6 +87,38 @@ class ResizeImage:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(size={self.size}, mode={self.mode!r})"
+
+
+class RoiCrop(Protocol):
+    """A region-of-interest step: crops a ``(1, H, W)`` [0, 1] tensor; ``box`` says where the crop lies on an image
+    (None: the whole image)."""
+
+    def box(self, pixels: np.ndarray | torch.Tensor) -> Box | None: ...
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor: ...
+
+
+# roi name -> the crop step's builder (taking the margin). The segmentation layer registers "lungs" when it is
+# imported (lungscope.segmentation.roi), so this layer needs no segmenter.
+_ROI_CROPS: dict[str, Callable[[float], RoiCrop]] = {}
+
+
+def register_roi_crop(roi: str, build: Callable[[float], RoiCrop]) -> None:
+    """Make ``build(margin)`` the crop step of ``roi`` (one of :data:`ROI_CHOICES` other than ``"none"``)."""
+    if roi not in ROI_CHOICES or roi == "none":
+        raise ConfigError(f"cannot register a crop for roi {roi!r}; expected one of {', '.join(ROI_CHOICES[1:])}")
+    _ROI_CROPS[roi] = build
+
+
+def roi_crop(roi: str, margin: float = 0.05) -> RoiCrop | None:
+    """The crop step of ``roi`` with ``margin``, or None for ``"none"``."""
+    if roi not in ROI_CHOICES:
+        raise ConfigError(f"unknown roi {roi!r}; expected one of {', '.join(ROI_CHOICES)}")
+    if roi == "none":
+        return None
+    if roi not in _ROI_CROPS:
+        raise ConfigError(f"roi {roi!r} needs its crop step: import lungscope.segmentation, which registers it")
+    return _ROI_CROPS[roi](margin)
 
 
 NORMALISATIONS = ("fixed", "per-image")
@@ -249,14 +282,13 @@ def build_preprocess(
     """The deterministic part: a 2-D float [0, 1] array to a ``(1, image_size, image_size)`` tensor in [0, 1].
 
     ``roi="lungs"`` first crops the image to its lung fields (:class:`lungscope.segmentation.LungCrop`, the box grown
-    by ``roi_margin`` of the image's sides), so CLAHE and resizing see only the chest. Its output can be cached across
-    epochs (see :class:`lungscope.data.datasets.XRayDataset`).
+    by ``roi_margin`` of the image's sides; see :func:`roi_crop`), so CLAHE and resizing see only the chest. Its
+    output can be cached across epochs (see :class:`lungscope.data.datasets.XRayDataset`).
     """
-    if roi not in ROI_CHOICES:
-        raise ConfigError(f"unknown roi {roi!r}; expected one of {', '.join(ROI_CHOICES)}")
+    crop = roi_crop(roi, roi_margin)
     steps: list[Callable[[Any], torch.Tensor]] = [_to_tensor]
-    if roi == "lungs":
-        steps.append(LungCrop(roi_margin))
+    if crop is not None:
+        steps.append(crop)
     if clahe:
         steps.append(Clahe())
     steps.append(ResizeImage(image_size, resize))

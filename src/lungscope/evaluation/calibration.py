@@ -3,24 +3,14 @@ scaling with a per-class bias (for two classes, Platt scaling of the logit).
 
 A temperature only rescales the logits, so it cannot undo probabilities that are *shifted* towards one class; a
 bias can. Both are fitted by minimising the log-loss on validation data and keep the ranking of a binary model.
+Applying them is :func:`lungscope.inference.apply_temperature`, which a loaded classifier does to every answer.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
-from scipy.special import log_softmax, softmax
-
-
-def apply_temperature(
-    probabilities: np.ndarray, temperature: float, bias: np.ndarray | list[float] | None = None
-) -> np.ndarray:
-    """Softmax probabilities (N x C) as if the logits had been divided by ``temperature`` (and ``bias`` added).
-
-    ``log p`` equals the logits up to a per-row constant, which softmax ignores, so probabilities suffice.
-    """
-    logits = np.log(np.clip(probabilities, 1e-12, 1.0)) / temperature
-    return softmax(logits if bias is None else logits + np.asarray(bias), axis=1)
+from scipy.special import log_softmax
 
 
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:

@@ -21,7 +21,7 @@ from lungscope.data.datasets import scan_dataset
 from lungscope.data.labels import classes_for
 from lungscope.data.splits import load_manifest
 from lungscope.errors import ConfigError, DatasetError
-from lungscope.evaluation.calibration import apply_temperature, expected_calibration_error, reliability
+from lungscope.evaluation.calibration import expected_calibration_error, reliability
 from lungscope.evaluation.formatting import describe_calibration, format_probability
 from lungscope.evaluation.metrics import (
     METRIC_NAMES,
@@ -31,7 +31,7 @@ from lungscope.evaluation.metrics import (
     with_ci,
 )
 from lungscope.evaluation.operating import CALIBRATION_FILE
-from lungscope.inference import Classifier
+from lungscope.inference import Classifier, apply_temperature
 from lungscope.progress import progress_bar
 
 

@@ -11,13 +11,9 @@ import pandas as pd
 
 from lungscope.checkpoint import load_checkpoint, save_checkpoint
 from lungscope.errors import ConfigError
-from lungscope.evaluation.calibration import (
-    apply_temperature,
-    expected_calibration_error,
-    fit_temperature,
-    fit_temperature_and_bias,
-)
+from lungscope.evaluation.calibration import expected_calibration_error, fit_temperature, fit_temperature_and_bias
 from lungscope.evaluation.threshold import choose_threshold
+from lungscope.inference import Classifier, apply_temperature
 
 CALIBRATION_FILE = "calibration.json"
 CALIBRATIONS = ("temperature", "temperature+bias")
@@ -85,8 +81,6 @@ def calibrate_run(
     run_dir: str | Path, *, target_sensitivity: float | None = None, calibration: str = "temperature+bias"
 ) -> dict[str, Any]:
     """Refit a finished run's operating point on its validation split (e.g. for a target sensitivity)."""
-    from lungscope.inference import Classifier  # inference imports this module
-
     run_dir = Path(run_dir)
     if not (run_dir / "split.csv").is_file():
         raise ConfigError(f"{run_dir}: not a run folder (no split.csv)")

@@ -1,21 +1,25 @@
 """Figures of an evaluation: ROC and precision-recall curves with the operating point, the confusion matrix, the
-reliability diagram; :func:`save_figures` writes them as PNG with the run's training curves."""
+reliability diagram; a run's training curves (:func:`plot_curves`, which training draws at the end of a run);
+:func:`save_figures` writes them as PNG.
+
+Figures are :class:`matplotlib.figure.Figure` objects, never pyplot's: importing this module picks no backend."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import cast
+from typing import BinaryIO, cast
 
 import numpy as np
+import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_curve, roc_curve
 
-from lungscope.evaluation.calibration import apply_temperature, reliability
+from lungscope.evaluation.calibration import reliability
 from lungscope.evaluation.evaluate import Evaluation
 from lungscope.evaluation.formatting import format_probability
-from lungscope.training.curves import plot_curves
+from lungscope.inference import apply_temperature
 
 _SIZE = (4.8, 4.2)
 
@@ -116,6 +120,30 @@ def reliability_figure(evaluation: Evaluation) -> Figure:
            xlim=(0, 1), ylim=(-0.02, 1.02))
     ax.legend(loc="upper left", fontsize="small")
     return fig
+
+
+def plot_curves(metrics_csv: str | Path, out_png: str | Path | BinaryIO) -> None:
+    """Loss, accuracy and ROC-AUC (training batches as trained, and validation) and the learning rate, per epoch."""
+    frame = pd.read_csv(metrics_csv)
+    fig = Figure(figsize=(13, 3.6), layout="constrained")
+    loss_ax, metric_ax, lr_ax = fig.subplots(1, 3)
+    loss_ax.plot(frame["epoch"], frame["train_loss"], "o-", label="train")
+    loss_ax.plot(frame["epoch"], frame["val_loss"], "o-", label="validation")
+    loss_ax.set(title="loss", xlabel="epoch")
+    loss_ax.legend()
+    for split, style in (("train", "o--"), ("val", "o-")):
+        for metric, name in (("auc", "ROC-AUC"), ("accuracy", "accuracy")):
+            column = f"{split}_{metric}"
+            if column in frame:  # runs written before training metrics were recorded have validation's only
+                metric_ax.plot(frame["epoch"], frame[column], style, label=f"{name} ({split})")
+    best = frame["val_auc"].idxmax() if frame["val_auc"].notna().any() else None
+    if best is not None:
+        metric_ax.axvline(frame["epoch"][best], color="grey", linestyle=":", label="best AUC")
+    metric_ax.set(title="accuracy and AUC", xlabel="epoch", ylim=(min(0.5, metric_ax.get_ylim()[0]), 1.0))
+    metric_ax.legend()
+    lr_ax.plot(frame["epoch"], frame["lr"], "o-")
+    lr_ax.set(title="learning rate", xlabel="epoch", yscale="log")
+    fig.savefig(out_png, dpi=100)
 
 
 FIGURES = {"roc": roc_figure, "pr": pr_figure, "confusion": confusion_figure, "reliability": reliability_figure}

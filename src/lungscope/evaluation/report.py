@@ -198,10 +198,8 @@ def _training_curves(run_dir: Path) -> bytes | None:
     if (run_dir / "curves.png").is_file():
         return (run_dir / "curves.png").read_bytes()
     if (run_dir / "metrics.csv").is_file():
-        from lungscope.training.curves import plot_curves
-
         buffer = io.BytesIO()
-        plot_curves(run_dir / "metrics.csv", buffer)
+        plots.plot_curves(run_dir / "metrics.csv", buffer)
         return buffer.getvalue()
     return None
 

@@ -5,11 +5,12 @@
 
 Methods (:data:`METHODS`): gradcam, guided-backprop, guided-gradcam, deconvolution, integrated-gradients,
 occlusion, each on Captum. Trust: :func:`explain_check` (deletion/insertion, cascading randomisation, lung share).
+The commands on image files (``explain_files``, ``activation_files``, ``filter_files``, ``check_files``) are in
+:mod:`lungscope.explain.files`: importing this package loads no run, segmenter or prediction code.
 """
 
 from lungscope.explain.api import explain
 from lungscope.explain.base import METHODS, Explainer, Explanation, get_method, resolve_layer
-from lungscope.explain.files import activation_files, check_files, explain_files, filter_files
 from lungscope.explain.layers import (
     activation_grid_figure,
     box_region,
@@ -40,10 +41,8 @@ from lungscope.explain.views import (
 
 __all__ = [
     "FLAG_THRESHOLD", "KNOWN_FLAGGED", "METHODS", "SIGNS", "Explainer", "Explanation", "SanityWarning",
-    "activation_files", "activation_grid_figure", "box_region", "cascading_randomization", "check_files",
-    "conv_kernels", "deletion_insertion", "explain", "explain_check", "explain_files", "explanation_figure",
-    "filter_files", "filter_grid_figure", "format_check", "get_method", "heatmap_rgba", "layer_activations",
-    "lung_share",
-    "map_to_image", "overlay", "rank_correlation", "resolve_layer", "signed_view", "top_channels",
-    "top_channels_figure", "trust_figure", "untrusted_reason",
+    "activation_grid_figure", "box_region", "cascading_randomization", "conv_kernels", "deletion_insertion", "explain",
+    "explain_check", "explanation_figure", "filter_grid_figure", "format_check", "get_method", "heatmap_rgba",
+    "layer_activations", "lung_share", "map_to_image", "overlay", "rank_correlation", "resolve_layer", "signed_view",
+    "top_channels", "top_channels_figure", "trust_figure", "untrusted_reason",
 ]

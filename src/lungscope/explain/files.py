@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from lungscope.data.datasets import find_images
+from lungscope.data.datasets import collect_inputs, find_images
 from lungscope.data.io import read_image
 from lungscope.data.naming import unique_stems
 from lungscope.data.splits import load_manifest
@@ -42,7 +42,6 @@ from lungscope.explain.views import (
     signed_view,
 )
 from lungscope.inference import Classifier
-from lungscope.predict import collect_inputs
 from lungscope.progress import progress_bar
 from lungscope.segmentation.segmenter import cached_segmenter
 

@@ -14,10 +14,9 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from lungscope.data.transforms import ResizeImage
+from lungscope.data.transforms import Box, ResizeImage
 from lungscope.errors import ConfigError
 from lungscope.evaluation.formatting import format_probability
-from lungscope.segmentation.masks import Box
 
 SIGNS: tuple[str, ...] = ("positive", "negative", "absolute", "all")
 DEFAULT_CMAP = "jet"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,10 +12,9 @@ import pandas as pd
 from lungscope.data.datasets import scan_dataset
 from lungscope.data.labels import classes_for
 from lungscope.errors import ConfigError
-from lungscope.features.extract import FeatureExtractor, model_source
+from lungscope.features.extract import FeatureExtractor, local_rows, model_source
 from lungscope.features.parquet import FeatureWriter, writable_output
 from lungscope.inference import Classifier
-from lungscope.progress import progress_bar
 
 ENGINES = ("local", "spark")
 
@@ -55,20 +53,6 @@ def features_metadata(source: str | os.PathLike[str], extractor: FeatureExtracto
         "classes": list(classes_for(labels)),
         "image_size": classifier.image_size,
     }
-
-
-def local_rows(
-    extractor: FeatureExtractor, inputs: pd.DataFrame, *, workers: int | None = None, show: bool | None = None
-) -> Iterator[dict[str, Any]]:
-    """The feature rows of :func:`feature_inputs` rows, in order, computed in this process."""
-    todo = inputs[inputs["error"].isna()]
-    for row in inputs[inputs["error"].notna()].to_dict("records"):
-        yield {**row, "features": None}
-    with progress_bar(total=len(todo), desc="features", unit="img", show=show) as bar:
-        found = extractor.extract_files(todo["path"].tolist(), workers=workers)
-        for row, result in zip(todo.to_dict("records"), found):
-            bar.update(1)
-            yield {**row, **result}
 
 
 def extract_features(

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
@@ -16,6 +17,7 @@ from lungscope.bundled import bundled_model
 from lungscope.errors import ConfigError
 from lungscope.inference import Classifier
 from lungscope.models.layers import named_classifier_head
+from lungscope.progress import progress_bar
 
 PENULTIMATE = "input"  # the suffix recorded for the default layer: "<final Linear's name>:input"
 
@@ -91,3 +93,17 @@ class FeatureExtractor:
                     yield {"path": path, "features": None, "error": result}
                 else:
                     yield {"path": path, "features": next(vectors), "error": None}
+
+
+def local_rows(
+    extractor: FeatureExtractor, inputs: pd.DataFrame, *, workers: int | None = None, show: bool | None = None
+) -> Iterator[dict[str, Any]]:
+    """The feature rows of :func:`~lungscope.features.api.feature_inputs` rows, in order, computed in this process."""
+    todo = inputs[inputs["error"].isna()]
+    for row in inputs[inputs["error"].notna()].to_dict("records"):
+        yield {**row, "features": None}
+    with progress_bar(total=len(todo), desc="features", unit="img", show=show) as bar:
+        found = extractor.extract_files(todo["path"].tolist(), workers=workers)
+        for row, result in zip(todo.to_dict("records"), found):
+            bar.update(1)
+            yield {**row, **result}

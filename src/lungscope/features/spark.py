@@ -1,4 +1,5 @@
-"""The Spark engine: features and batch prediction of archives on a Spark cluster (or ``local[*]``).
+"""The Spark engine: features and batch prediction of archives on a Spark cluster (or ``local[*]``). This module
+holds the engine and the features job; batch prediction's job is :func:`lungscope.predict.predict_with_spark`.
 
 Spark schedules; lungscope only says what to run on a partition. The driver lists the files (paths, labels,
 patients) into a DataFrame, range-partitioned in input order; each partition runs through ``mapInPandas`` in a
@@ -8,13 +9,12 @@ failed task. ``mapInPandas`` rather than ``predict_batch_udf``: the input is str
 must carry an error and null features, which a tensor-in, tensor-out UDF cannot express.
 
 Spark writes the rows as part files; the driver then streams them, in partition order, into the one file the user
-named (see :func:`_staging`). The paths, the run folder and the output's folder must be readable from every executor:
-a shared file system on a cluster.
+named (see :func:`staging_folder`). The paths, the run folder and the output's folder must be readable from every
+executor: a shared file system on a cluster.
 """
 
 from __future__ import annotations
 
-import csv
 import functools
 import math
 import os
@@ -33,7 +33,7 @@ from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
 
 from lungscope.errors import ConfigError
-from lungscope.features.extract import FeatureExtractor
+from lungscope.features.extract import FeatureExtractor, local_rows
 from lungscope.features.parquet import (
     COLUMNS,
     FeatureWriter,
@@ -44,7 +44,6 @@ from lungscope.inference import Classifier
 
 ROWS_PER_TASK = 2000  # a task's share of the files: small enough to balance, large enough to amortise its start
 FEATURE_COLUMNS = "path string, label string, patient_id string, features array<float>, error string"
-PREDICTION_COLUMNS = "path string, probability string, prediction string, error string"
 _LOG4J = """rootLogger.level = error
 rootLogger.appenderRef.stderr.ref = stderr
 appender.stderr.type = Console
@@ -105,7 +104,7 @@ def worker_extractor(source: str, layer: str | None, batch_size: int) -> Feature
     return FeatureExtractor(worker_classifier(source), layer, batch_size=batch_size)
 
 
-def _partitions(spark: SparkSession, frame: pd.DataFrame, schema: str) -> DataFrame:
+def partitions(spark: SparkSession, frame: pd.DataFrame, schema: str) -> DataFrame:
     """``frame`` as a Spark DataFrame with an ``order`` column, split into tasks of about ``ROWS_PER_TASK`` rows
     that keep the input order (partition i holds earlier rows than partition i + 1)."""
     tasks = max(spark.sparkContext.defaultParallelism, math.ceil(len(frame) / ROWS_PER_TASK))
@@ -122,8 +121,6 @@ def _feature_task(
     source: str, layer: str | None, batch_size: int
 ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from lungscope.features.api import local_rows
-
         extractor = worker_extractor(source, layer, batch_size)
         size = min(rows_per_group(extractor.feature_dim), 4 * batch_size)
         for frame in frames:
@@ -131,27 +128,8 @@ def _feature_task(
     return run
 
 
-def _prediction_task(
-    source: str, threshold: float | None, batch_size: int, workers: int | None
-) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from lungscope.predict import CSV_COLUMNS, file_rows
-
-        classifier = worker_classifier(source)
-        for frame in frames:
-            failed = frame["error"].notna()
-            rows = [{"path": path, "error": error}
-                    for path, error in zip(frame["path"][failed], frame["error"][failed])]
-            rows += file_rows(classifier, frame["path"][~failed].tolist(), threshold, batch_size=batch_size,
-                              workers=workers)
-            for row in rows:  # the probability as Python's csv module writes it: the local engine's CSV text
-                row["probability"] = None if row.get("probability") is None else str(row["probability"])
-            yield pd.DataFrame(rows, columns=CSV_COLUMNS)
-    return run
-
-
 @contextmanager
-def _staging(out: Path) -> Iterator[Path]:
+def staging_folder(out: Path) -> Iterator[Path]:
     """A folder for Spark's part files beside ``out``, removed afterwards.
 
     Why one file and not Spark's folder of parts: the features file carries its contract in the Parquet schema
@@ -167,7 +145,7 @@ def _staging(out: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _parts(staging: Path, suffix: str) -> list[Path]:
+def part_files(staging: Path, suffix: str) -> list[Path]:
     return sorted(staging.glob(f"part-*{suffix}"))  # part-00000-... : partition order is input order
 
 
@@ -177,40 +155,12 @@ def extract_with_spark(
 ) -> int:
     """Write the features file ``out`` (the contract of :mod:`lungscope.features.parquet`) for the rows of
     :func:`~lungscope.features.api.feature_inputs`, computed by Spark; returns how many rows have an error."""
-    with spark_session(master) as spark, _staging(out) as staging:
-        table = _partitions(spark, inputs, "path string, label string, patient_id string, error string")
+    with spark_session(master) as spark, staging_folder(out) as staging:
+        table = partitions(spark, inputs, "path string, label string, patient_id string, error string")
         table.mapInPandas(_feature_task(source, layer, batch_size), FEATURE_COLUMNS).write.parquet(str(staging))
         with FeatureWriter(out, metadata) as writer:
             failed = 0
-            for batch in part_batches(_parts(staging, ".parquet"), writer.rows):
+            for batch in part_batches(part_files(staging, ".parquet"), writer.rows):
                 writer.write_batch(batch)
                 failed += len(batch) - batch.column("error").null_count
     return failed
-
-
-def predict_with_spark(
-    source: str, inputs: pd.DataFrame, csv_path: Path, threshold: float | None, *,
-    batch_size: int = 32, workers: int | None = None, master: str = "local[*]",
-) -> tuple[int, int]:
-    """Write the prediction CSV (``path, probability, prediction, error``, as the local engine writes it) for
-    ``inputs`` (``path, error``: rows with an error are passed through), computed by Spark; returns how many rows
-    were predicted and how many have an error."""
-    from lungscope.predict import CSV_COLUMNS
-
-    with spark_session(master) as spark, _staging(csv_path) as staging:
-        table = _partitions(spark, inputs, "path string, error string")
-        options: dict[str, Any] = {"header": False, "quote": '"', "escape": '"', "nullValue": "", "emptyValue": "",
-                   "ignoreLeadingWhiteSpace": False, "ignoreTrailingWhiteSpace": False}
-        task = _prediction_task(source, threshold, batch_size, workers)
-        table.mapInPandas(task, PREDICTION_COLUMNS).write.options(**options).csv(str(staging))
-        predicted = failed = 0
-        with csv_path.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(CSV_COLUMNS)
-            for part in _parts(staging, ".csv"):
-                with part.open(newline="") as rows:
-                    for row in csv.reader(rows):
-                        writer.writerow(row)
-                        failed += bool(row[3])
-                        predicted += not row[3]
-    return predicted, failed

@@ -1,7 +1,8 @@
-"""Lung fields: the lung U-Net's training, the segmenter, mask clean-up and scores, and the ``roi: lungs`` crop."""
+"""Lung fields: the lung U-Net's training, the segmenter, mask clean-up and scores, and the ``roi: lungs`` crop
+(importing this package registers it with :mod:`lungscope.data.transforms`)."""
 
 from lungscope.segmentation.masks import clean_mask, dice, iou, lung_box
-from lungscope.segmentation.roi import ROI_CHOICES, LungCrop
+from lungscope.segmentation.roi import LungCrop
 from lungscope.segmentation.segmenter import DEFAULT_SEGMENTER, LungSegmenter
 
-__all__ = ["DEFAULT_SEGMENTER", "ROI_CHOICES", "LungCrop", "LungSegmenter", "clean_mask", "dice", "iou", "lung_box"]
+__all__ = ["DEFAULT_SEGMENTER", "LungCrop", "LungSegmenter", "clean_mask", "dice", "iou", "lung_box"]

@@ -11,10 +11,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from lungscope.data.datasets import collect_inputs
 from lungscope.data.io import read_image
 from lungscope.data.naming import unique_stems
 from lungscope.errors import ImageReadError
-from lungscope.predict import collect_inputs
 from lungscope.progress import progress_bar
 from lungscope.segmentation.segmenter import LungSegmenter
 

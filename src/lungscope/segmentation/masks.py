@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-Box = tuple[int, int, int, int]  # top, left, bottom, right: rows top..bottom-1, columns left..right-1
+from lungscope.data.transforms import Box
 
 
 def clean_mask(mask: np.ndarray, keep: int = 2) -> np.ndarray:

@@ -1,14 +1,17 @@
-"""``roi: lungs``: the preprocessing step that crops an X-ray to its lung fields before it is resized."""
+"""``roi: lungs``: the preprocessing step that crops an X-ray to its lung fields before it is resized.
+
+Importing this module registers it with :func:`lungscope.data.transforms.register_roi_crop` (the data layer declares
+the roi choices but needs no segmenter): ``build_preprocess(..., roi="lungs")`` then crops with it.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from lungscope.segmentation.masks import Box, lung_box
+from lungscope.data.transforms import Box, register_roi_crop
+from lungscope.segmentation.masks import lung_box
 from lungscope.segmentation.segmenter import cached_segmenter
-
-ROI_CHOICES = ("none", "lungs")
 
 
 class LungCrop:
@@ -34,3 +37,6 @@ class LungCrop:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(margin={self.margin}, segmenter={self.segmenter!r})"
+
+
+register_roi_crop("lungs", LungCrop)

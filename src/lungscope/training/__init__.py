@@ -1,11 +1,11 @@
-"""Training: the config, the epoch loop, checkpoints and run folders, cross-validation and hyper-parameter search."""
+"""Training: the config, the epoch loop, checkpoints and run folders, cross-validation.
+
+Hyper-parameter search is :mod:`lungscope.training.tune` (it imports Optuna), the head on extracted features
+:mod:`lungscope.training.head`.
+"""
 
 from lungscope.training.config import TrainConfig
 from lungscope.training.cv import cross_validate
 from lungscope.training.trainer import Trainer, resume_config, seed_everything, train
-from lungscope.training.tune import DEFAULT_SPACE, load_space, tune
 
-__all__ = [
-    "DEFAULT_SPACE", "TrainConfig", "Trainer", "cross_validate", "load_space", "resume_config", "seed_everything",
-    "train", "tune",
-]
+__all__ = ["TrainConfig", "Trainer", "cross_validate", "resume_config", "seed_everything", "train"]

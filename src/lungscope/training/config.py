@@ -12,9 +12,8 @@ from typing import Any, cast
 
 import yaml
 
-from lungscope.data.transforms import NORMALISATIONS, PREPROCESSING_DEFAULTS, AugmentConfig
+from lungscope.data.transforms import NORMALISATIONS, PREPROCESSING_DEFAULTS, ROI_CHOICES, AugmentConfig
 from lungscope.errors import ConfigError
-from lungscope.segmentation.roi import ROI_CHOICES
 
 _CHOICES = {
     "optimizer": ("adam", "sgd"),

@@ -48,6 +48,7 @@ from lungscope.data.transforms import PREPROCESSING_KEYS
 from lungscope.errors import ConfigError, DatasetError, ImageReadError
 from lungscope.evaluation.evaluate import metrics_with_ci
 from lungscope.evaluation.operating import operating_point, store_operating_point
+from lungscope.evaluation.plots import plot_curves
 from lungscope.features.parquet import read_features
 from lungscope.inference import Classifier
 from lungscope.models import create_model
@@ -59,7 +60,6 @@ from lungscope.models.two_stage import (
     dense_head,
 )
 from lungscope.progress import progress_bar
-from lungscope.training.curves import plot_curves
 from lungscope.training.engine import predict, train_one_epoch, validation_metrics
 from lungscope.training.trainer import METRIC_COLUMNS
 

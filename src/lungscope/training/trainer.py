@@ -45,11 +45,11 @@ from lungscope.data.transforms import (
 from lungscope.device import select_device
 from lungscope.errors import ConfigError, DatasetError
 from lungscope.evaluation.operating import operating_point, store_operating_point
+from lungscope.evaluation.plots import plot_curves
 from lungscope.models import classifier_head, create_model, get_spec
 from lungscope.models.weights import check_pretrained_input
 from lungscope.progress import progress_bar
 from lungscope.training.config import TrainConfig
-from lungscope.training.curves import plot_curves
 from lungscope.training.data import AugmentedImages, preload
 from lungscope.training.distributed import (
     SINGLE,

@@ -15,7 +15,8 @@ import dataclasses
 import math
 import sys
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,6 @@ from lungscope.progress import progress_bar
 from lungscope.training.config import TrainConfig
 from lungscope.training.cv import check_same_options, save_or_check_manifest
 from lungscope.training.trainer import make_split, train
-
-optuna.logging.set_verbosity(optuna.logging.WARNING)  # quiet by default; callers may turn it up again
 
 DEFAULT_SPACE: dict[str, Any] = {
     "lr": {"low": 1e-4, "high": 1e-2, "log": True},
@@ -225,6 +224,21 @@ def _write_best_config(study: optuna.Study, config: TrainConfig, path: Path) -> 
     return values
 
 
+@contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Optuna's INFO lines (a study created, each trial finished) off while a search runs, since it reports its own
+    progress, then Optuna's level as it was. Only Optuna's default, INFO, is lowered (to WARNING): a caller who
+    turned it up to DEBUG sees everything. Importing this module leaves the level alone."""
+    before = optuna.logging.get_verbosity()
+    if before == optuna.logging.INFO:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
+
+
+@_quiet_optuna()
 def tune(
     config: TrainConfig,
     trials: int,
