@@ -7,8 +7,9 @@ Figures are :class:`matplotlib.figure.Figure` objects, never pyplot's: importing
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -50,41 +51,57 @@ def _operating_marks(evaluation: Evaluation) -> list[tuple[str, dict, str]]:
             ("threshold 0.5", report["metrics_at_0_5"], "s")]
 
 
-def roc_figure(evaluation: Evaluation) -> Figure:
-    """ROC curve(s); a binary run's operating point and 0.5 are marked."""
+def _curve_figure(
+    evaluation: Evaluation,
+    draw: Callable[[Axes, str, np.ndarray, np.ndarray, dict], None],
+    point: tuple[str, str],
+    axes: dict[str, str],
+    legend: Literal["lower right", "lower left"],
+    chance: bool = False,
+) -> Figure:
+    """One curve per :func:`_one_vs_rest` entry drawn by ``draw`` (over the chance diagonal if ``chance``); a binary
+    run's operating point and 0.5 marked at the metrics named by ``point`` (x, y; ``1-specificity`` is read as one
+    minus specificity)."""
     fig = Figure(figsize=_SIZE, layout="constrained")
     ax = fig.add_subplot()
-    ax.plot([0, 1], [0, 1], ":", color="grey", linewidth=1)
+    if chance:
+        ax.plot([0, 1], [0, 1], ":", color="grey", linewidth=1)
     for name, truth, score, metrics in _one_vs_rest(evaluation):
-        if _undefined(ax, truth):
-            continue
-        fpr, tpr, _ = roc_curve(truth, score)
-        ax.plot(fpr, tpr, label=f"{name} (AUC {metrics['roc_auc']['value']:.3f})")
+        if not _undefined(ax, truth):
+            draw(ax, name, truth, score, metrics)
     if evaluation.threshold is not None:
         for label, metrics, marker in _operating_marks(evaluation):
-            if metrics["specificity"]["value"] is not None and metrics["recall"]["value"] is not None:
-                ax.plot(1 - metrics["specificity"]["value"], metrics["recall"]["value"], marker, label=label)
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC", xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right", fontsize="small")
+            values = [metrics[key.removeprefix("1-")]["value"] for key in point]
+            if None not in values:
+                x, y = (1 - v if key.startswith("1-") else v for key, v in zip(point, values))
+                ax.plot(x, y, marker, label=label)
+    ax.set(**axes, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc=legend, fontsize="small")
     return fig
+
+
+def _roc_curve(ax: Axes, name: str, truth: np.ndarray, score: np.ndarray, metrics: dict) -> None:
+    fpr, tpr, _ = roc_curve(truth, score)
+    ax.plot(fpr, tpr, label=f"{name} (AUC {metrics['roc_auc']['value']:.3f})")
+
+
+def _pr_curve(ax: Axes, name: str, truth: np.ndarray, score: np.ndarray, metrics: dict) -> None:
+    precision, recall, _ = precision_recall_curve(truth, score)
+    ax.step(recall, precision, where="post", label=f"{name} (AP {metrics['pr_auc']['value']:.3f})")
+
+
+def roc_figure(evaluation: Evaluation) -> Figure:
+    """ROC curve(s) over the chance diagonal; a binary run's operating point and 0.5 are marked."""
+    return _curve_figure(evaluation, _roc_curve, ("1-specificity", "recall"),
+                         {"xlabel": "1 - specificity", "ylabel": "sensitivity", "title": "ROC"}, "lower right",
+                         chance=True)
 
 
 def pr_figure(evaluation: Evaluation) -> Figure:
     """Precision-recall curve(s); a binary run's operating point and 0.5 are marked."""
-    fig = Figure(figsize=_SIZE, layout="constrained")
-    ax = fig.add_subplot()
-    for name, truth, score, metrics in _one_vs_rest(evaluation):
-        if _undefined(ax, truth):
-            continue
-        precision, recall, _ = precision_recall_curve(truth, score)
-        ax.step(recall, precision, where="post", label=f"{name} (AP {metrics['pr_auc']['value']:.3f})")
-    if evaluation.threshold is not None:
-        for label, metrics, marker in _operating_marks(evaluation):
-            if metrics["precision"]["value"] is not None and metrics["recall"]["value"] is not None:
-                ax.plot(metrics["recall"]["value"], metrics["precision"]["value"], marker, label=label)
-    ax.set(xlabel="recall (sensitivity)", ylabel="precision", title="precision-recall", xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower left", fontsize="small")
-    return fig
+    return _curve_figure(evaluation, _pr_curve, ("recall", "precision"),
+                         {"xlabel": "recall (sensitivity)", "ylabel": "precision", "title": "precision-recall"},
+                         "lower left")
 
 
 def confusion_figure(evaluation: Evaluation) -> Figure:
