@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from torchvision.transforms.v2 import functional as F
 from lungscope.data.transforms import (
     AugmentConfig,
     Clahe,
+    Preprocessing,
     ResizeImage,
     build_transforms,
     class_weights,
@@ -278,3 +280,35 @@ def test_bad_parameters_raise_config_error(make: Callable[[], object]) -> None:
 
 def test_augment_config_accepts_a_yaml_list_for_scale() -> None:
     assert AugmentConfig(scale=[0.8, 1.2]).scale == (0.8, 1.2)  # type: ignore[arg-type]
+
+
+def test_preprocessing_is_read_from_a_checkpoint_with_or_without_its_own_entry() -> None:
+    from lungscope.bundled import bundled_model
+    from lungscope.checkpoint import load_checkpoint
+    from lungscope.inference import Classifier
+
+    state = load_checkpoint(bundled_model("default"), kind="classifier")
+    spec = Preprocessing.of_checkpoint(state)  # the bundled file predates the entry: read from its config
+    assert (spec.image_size, spec.normalise, spec.roi) == (state["image_size"], state["config"]["normalise"], "none")
+    assert Preprocessing.of_checkpoint({"preprocessing": spec.to_dict()}) == spec
+    with pytest.warns(UserWarning, match="trained with roi 'none'"):
+        classifier = Classifier.load("default", roi="lungs")
+    assert classifier.preprocessing == dataclasses.replace(spec, roi="lungs") and classifier.roi is not None
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"roi": "heart"}, "unknown roi 'heart'"), ({"normalise": "z"}, "unknown normalise"),
+    ({"image_size": 4}, "image_size must be an integer of at least 8"), ({"roi_margin": 1.5}, "roi_margin"),
+])
+def test_preprocessing_refuses_what_it_cannot_do(change: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Preprocessing(**{"image_size": 64, **change})
+
+
+def test_preprocessing_builds_the_pipeline_inference_uses() -> None:
+    spec = Preprocessing(32, resize="pad", normalise="per-image")
+    pixels = np.random.default_rng(0).random((40, 20), dtype=np.float32)
+    out = spec.augment_normalise()(spec.preprocess()(pixels))
+    assert out.shape == (1, 32, 32)
+    assert float(out.mean()) == pytest.approx(0.0, abs=1e-5)
+    assert float(out.std(unbiased=False)) == pytest.approx(1.0, abs=1e-3)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from lungscope.data.transforms import build_augment_normalise, preprocessing_of
+from lungscope.data.transforms import build_augment_normalise
 from lungscope.errors import ConfigError
 from lungscope.inference import Classifier
 
@@ -35,13 +35,12 @@ FORMATS = ("onnx", "torchscript")
 def onnx_metadata(classifier: Classifier) -> dict[str, str]:
     """The ``metadata_props`` of an exported classifier: JSON values under the keys the module docstring lists."""
     normalise = next(step for step in build_augment_normalise(train=False).transforms if isinstance(step, v2.Normalize))
-    config = classifier.config
     values: dict[str, Any] = {
         "classes": classifier.classes,
         "threshold": classifier.threshold,
         "calibration": {"temperature": classifier.temperature, "bias": classifier.bias},
         # "normalise": "fixed" is (x - mean) / std; "per-image" standardises each image by its own mean and std.
-        "preprocessing": {"image_size": classifier.image_size, **preprocessing_of(config),
+        "preprocessing": {**classifier.preprocessing.to_dict(),
                           "mean": float(normalise.mean[0]), "std": float(normalise.std[0])},
     }
     return {f"lungscope.{key}": json.dumps(value) for key, value in values.items()}

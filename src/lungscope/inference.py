@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +20,7 @@ from torchvision.transforms.v2 import functional as TF
 from lungscope.bundled import bundled_model
 from lungscope.checkpoint import load_checkpoint
 from lungscope.data.io import read_image
-from lungscope.data.transforms import (
-    PREPROCESSING_KEYS,
-    ROI_CHOICES,
-    Box,
-    build_augment_normalise,
-    build_preprocess,
-    preprocessing_of,
-)
+from lungscope.data.transforms import ROI_CHOICES, Box, Preprocessing
 from lungscope.errors import ConfigError, ImageReadError
 from lungscope.models import create_model
 from lungscope.segmentation import LungCrop
@@ -74,7 +67,7 @@ def tta_views(batch: torch.Tensor, views: int) -> list[torch.Tensor]:
     return out
 
 
-@dataclass
+@dataclasses.dataclass
 class Prediction:
     """One file's class probabilities, or the reason it could not be read. ``spread``: with test-time augmentation
     or an ensemble, the standard deviation of the positive class's probability across views and members (a
@@ -98,22 +91,19 @@ class Classifier:
         model: nn.Module,
         classes: Sequence[str],
         config: dict[str, Any],
-        image_size: int,
+        preprocessing: Preprocessing,
         operating_point: dict[str, Any] | None = None,
     ) -> None:
         self.model = model.eval()
         self.classes = list(classes)
         self.config = config
-        self.image_size = image_size
+        self.preprocessing = preprocessing
+        self.image_size = preprocessing.image_size
         self.set_operating_point(operating_point or {})
         self.tta = 1  # test-time augmentation: views per image (see tta_views)
         self.members: list[Classifier] = []  # further ensemble members (see add_members)
-        options = preprocessing_of(config)
-        self.resize: str = options["resize"]
-        self.roi = LungCrop(options["roi_margin"]) if options["roi"] == "lungs" else None
-        preprocess = build_preprocess(image_size, resize=self.resize, clahe=options["clahe"], roi=options["roi"],
-                                      roi_margin=options["roi_margin"])
-        normalise = build_augment_normalise(train=False, normalise=options["normalise"])
+        self.roi = LungCrop(preprocessing.roi_margin) if preprocessing.roi == "lungs" else None
+        preprocess, normalise = preprocessing.preprocess(), preprocessing.augment_normalise()
         self.transform = lambda pixels: normalise(preprocess(pixels))  # 2-D [0, 1] array -> model input (1, S, S)
 
     def set_operating_point(self, point: dict[str, Any]) -> None:
@@ -130,19 +120,19 @@ class Classifier:
         Weights are loaded with ``weights_only=True``. ``roi`` ("none" or "lungs") replaces the region of interest
         the model was trained with (a warning says so when they differ); None keeps it."""
         state = load_checkpoint(checkpoint_path(source), kind="classifier")
-        config = state["config"]
+        config, preprocessing = state["config"], Preprocessing.of_checkpoint(state)
         if roi is not None:
             if roi not in ROI_CHOICES:
                 raise ConfigError(f"unknown roi {roi!r}; expected one of {', '.join(ROI_CHOICES)}")
-            if roi != config.get("roi", "none"):
-                warnings.warn(f"{source} was trained with roi {config.get('roi', 'none')!r}, not {roi!r}: its "
+            if roi != preprocessing.roi:
+                warnings.warn(f"{source} was trained with roi {preprocessing.roi!r}, not {roi!r}: its "
                               "accuracy on these inputs is unmeasured", stacklevel=2)
-            config = {**config, "roi": roi}
+            config, preprocessing = {**config, "roi": roi}, dataclasses.replace(preprocessing, roi=roi)
         model = create_model(config["model"], num_classes=len(state["classes"]), **config.get("model_options", {}))
         model.load_state_dict(state["model"])
         if config.get("channels_last"):  # the memory format it trained in: faster convolutions on CPUs (oneDNN)
             model = model.to(memory_format=torch.channels_last)
-        return cls(model, state["classes"], config, state["image_size"], state.get("operating_point"))
+        return cls(model, state["classes"], config, preprocessing, state.get("operating_point"))
 
     def crop_box(self, pixels: np.ndarray) -> Box | None:
         """Where on a 2-D image the model input comes from: the lungs' box for an ROI model, None for the whole."""
@@ -173,8 +163,7 @@ class Classifier:
         """Make this an ensemble: ``others`` (with the same classes and preprocessing) answer beside this model;
         each member's calibrated probabilities are averaged and the decision threshold is the members' mean."""
         for other in others:
-            if other.classes != self.classes or other.image_size != self.image_size or any(
-                    other.config.get(k) != self.config.get(k) for k in PREPROCESSING_KEYS):
+            if other.classes != self.classes or other.preprocessing != self.preprocessing:
                 raise ConfigError("ensemble members must share classes, image size and preprocessing")
         self.members = [*self.members, *others]
         if self.threshold is not None:

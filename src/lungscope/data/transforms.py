@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
@@ -122,16 +122,65 @@ def roi_crop(roi: str, margin: float = 0.05) -> RoiCrop | None:
 
 
 NORMALISATIONS = ("fixed", "per-image")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an X-ray becomes a model's input, augmentation aside: the one declaration that training, inference, the
+    two-stage head, explanations and exports read, stored in every classifier checkpoint (``preprocessing``).
+
+    ``roi="lungs"`` crops each X-ray to its lung fields grown by ``roi_margin`` of its sides before CLAHE and resizing;
+    ``normalise="fixed"`` is ``(x - 0.5) / 0.25``, ``"per-image"`` each image by its own mean and standard deviation.
+    """
+
+    image_size: int
+    resize: str = "squash"
+    clahe: bool = False
+    roi: str = "none"
+    roi_margin: float = 0.05
+    normalise: str = "fixed"
+
+    def __post_init__(self) -> None:
+        for key, choices in (("resize", RESIZE_MODES), ("roi", ROI_CHOICES), ("normalise", NORMALISATIONS)):
+            if getattr(self, key) not in choices:
+                raise ConfigError(f"unknown {key} {getattr(self, key)!r}; expected one of {', '.join(choices)}")
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 8:
+            raise ConfigError(f"image_size must be an integer of at least 8, got {self.image_size!r}")
+        if not 0 <= self.roi_margin < 1:
+            raise ConfigError(f"roi_margin must be in [0, 1), got {self.roi_margin!r}")
+
+    @classmethod
+    def of(cls, config: Mapping[str, object], image_size: int) -> Preprocessing:
+        """The preprocessing a run config states (older runs lack some keys: their defaults)."""
+        return cls(image_size, **{key: config[key] for key in PREPROCESSING_KEYS if key in config})  # type: ignore[arg-type]
+
+    @classmethod
+    def of_checkpoint(cls, state: Mapping[str, Any]) -> Preprocessing:
+        """A classifier checkpoint's: its ``preprocessing`` entry, or (checkpoints written before it had one) its
+        config's keys at its ``image_size``."""
+        if "preprocessing" in state:
+            return cls(**state["preprocessing"])
+        return cls.of(state["config"], state["image_size"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def preprocess(self) -> v2.Compose:
+        """The deterministic part up to the resized [0, 1] tensor: see :func:`build_preprocess`."""
+        return build_preprocess(self.image_size, resize=self.resize, clahe=self.clahe, roi=self.roi,
+                                roi_margin=self.roi_margin)
+
+    def augment_normalise(self, *, train: bool = False, augment: AugmentConfig | None = None,
+                          channels: int = 1) -> v2.Compose:
+        """The per-epoch part: see :func:`build_augment_normalise`."""
+        return build_augment_normalise(train=train, augment=augment, normalise=self.normalise, size=self.image_size,
+                                       channels=channels)
+
+
 # The run-config keys that shape a model's input besides its image size, with their defaults (TrainConfig's too):
 # whatever reuses a model (a two-stage head on its backbone, an ensemble member, an export) carries or matches these.
-PREPROCESSING_DEFAULTS: dict[str, object] = {"resize": "squash", "clahe": False, "roi": "none", "roi_margin": 0.05,
-                                             "normalise": "fixed"}
+PREPROCESSING_DEFAULTS: dict[str, object] = {f.name: f.default for f in fields(Preprocessing) if f.name != "image_size"}
 PREPROCESSING_KEYS = tuple(PREPROCESSING_DEFAULTS)
-
-
-def preprocessing_of(config: Mapping[str, object]) -> dict[str, Any]:
-    """The preprocessing options a run config states (older runs lack some: their defaults)."""
-    return {key: config.get(key, default) for key, default in PREPROCESSING_DEFAULTS.items()}
 
 
 class RandomGamma(v2.Transform):

@@ -89,7 +89,8 @@ def load_run(run: str | os.PathLike[str], device: str = "auto", roi: str | None 
 
 def _figure(pixels: np.ndarray, map_: np.ndarray, classifier: Classifier, title: str, style: dict[str, Any]) -> Figure:
     """The X-ray / map / overlay figure on the original image's grid."""
-    view = map_to_image(signed_view(map_, style["sign"]), pixels.shape, classifier.resize, classifier.crop_box(pixels))
+    view = map_to_image(signed_view(map_, style["sign"]), pixels.shape, classifier.preprocessing.resize,
+                        classifier.crop_box(pixels))
     return explanation_figure(pixels, view, title=title, **style)
 
 
@@ -230,7 +231,7 @@ def _on_model_grid(classifier: Classifier, pixels: np.ndarray, image: np.ndarray
     if (box := classifier.crop_box(pixels)) is not None:
         top, left, bottom, right = box
         image = image[top:bottom, left:right]
-    return build_preprocess(classifier.image_size, resize=classifier.resize)(image)[0].numpy()
+    return build_preprocess(classifier.image_size, resize=classifier.preprocessing.resize)(image)[0].numpy()
 
 
 def _lung_mask(classifier: Classifier, pixels: np.ndarray, mask_path: Path | None) -> np.ndarray:

@@ -87,7 +87,8 @@ def map_on_image(classifier: Classifier, pixels: np.ndarray, method: str) -> np.
     inputs = classifier.transform(pixels)[None]
     target = classifier.decide(classifier.probabilities(classifier.model(inputs)))
     explanation = explain_batch(classifier.model, inputs, method, target=target.tolist(), warn=False)
-    return map_to_image(signed_view(explanation.maps[0]), pixels.shape, classifier.resize, classifier.crop_box(pixels))
+    return map_to_image(signed_view(explanation.maps[0]), pixels.shape, classifier.preprocessing.resize,
+                        classifier.crop_box(pixels))
 
 
 def _with_own_model(classifier: Classifier) -> Classifier:
