@@ -1,9 +1,10 @@
 """Grad-CAM latency on CPU: lungscope's ``explain(model, x, "gradcam")`` against pytorch-grad-cam's ``GradCAM``.
 
-For three-block-cnn at 128 and resnet18 at 224 (``num_classes=2, in_channels=1``, random weights: latency does not
-depend on the weights), the per-image latency of one image alone and of a batch of 16, both on the last
-convolution and explaining the predicted class. The two implementations are timed alternately, call by call, so that
-the load of a shared machine falls on both alike; the table gives the median of the repeats.
+For three-block-cnn at 128, resnet18 and cxr-resnet at 224 (``num_classes=2, in_channels=1``, random weights: latency
+does not depend on the weights) and the bundled model (``default``, as lungscope runs it), the per-image latency of one
+image alone and of a batch of 16, both at the model's Grad-CAM layer and explaining the predicted class. The two
+implementations are timed alternately, call by call, so that the load of a shared machine falls on both alike; the
+table gives the median of the repeats.
 
 What each call does: lungscope runs a forward pass without gradients (to choose the class and report its
 probability), then Captum's LayerGradCam: a forward pass and ``torch.autograd.grad`` of the class score with respect
@@ -35,10 +36,11 @@ import torch
 from pytorch_grad_cam import GradCAM
 
 from lungscope.explain import explain
+from lungscope.inference import Classifier
 from lungscope.models import create_model, gradcam_layer
 
 RESULTS = Path(__file__).parent / "results" / "gradcam.md"
-CASES = (("three-block-cnn", 128), ("resnet18", 224), ("cxr-resnet", 224))
+CASES = (("three-block-cnn", 128), ("resnet18", 224), ("cxr-resnet", 224), ("default", 224))
 BATCH = 16
 BUSY_LOAD = 0.5  # 1-minute load average above which the machine counts as shared
 
@@ -52,8 +54,12 @@ def _seconds(call: Callable[[], object]) -> float:
 def compare(name: str, size: int, batch: int, repeats: int) -> tuple[float, float]:
     """Median per-image milliseconds of (lungscope, pytorch-grad-cam) over ``repeats`` alternating calls."""
     torch.manual_seed(0)
-    model = create_model(name).eval()
     images = torch.randn(batch, 1, size, size)
+    if name == "default":  # the bundled model as lungscope runs it: its weights, its channels-last memory format
+        model = Classifier.load(name).model
+        images = images.contiguous(memory_format=torch.channels_last)
+    else:
+        model = create_model(name).eval()
     layer_name, layer = gradcam_layer(model)
     with GradCAM(model=model, target_layers=[layer]) as reference:
         ours = lambda: explain(model, images, "gradcam", layer=layer_name)  # noqa: E731
@@ -82,7 +88,8 @@ def report(rows: list[tuple[str, int, int, float, float]], loads: tuple[float, f
         f"- 1-minute load average before / after: {loads[0]:.2f} / {loads[1]:.2f}"
         + (" -- a shared machine with other jobs running: absolute times are inflated, compare the ratios"
            if max(loads) > BUSY_LOAD else ""),
-        "- models: `num_classes=2, in_channels=1`, random weights; target layer: each model's Grad-CAM layer "
+        "- models: `num_classes=2, in_channels=1`, random weights, except `default`: the bundled model (cxr-resnet, "
+        "width 32, channels-last), as `lungscope explain default` runs it; target layer: each model's Grad-CAM layer "
         "(`gradcam_layer`: cxr-resnet's `relu`, else the last convolution); the "
         "predicted class is explained",
         "",
