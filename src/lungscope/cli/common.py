@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,27 @@ class Parser(argparse.ArgumentParser):
     argparse %-formats every ``help=`` (write ``95%%``) but a ``description`` only when it holds ``%(prog)s``
     (write ``95%``); tests/test_cli_contract.py renders every help to keep both right.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deferred: list[Callable[[], None]] = []
+
+    def defer(self, add: Callable[[], None]) -> None:
+        """Run ``add`` (which adds arguments) only when this parser parses or shows its help: flags whose choices or
+        declarations live in modules that import torch cost nothing to the verbs that do not use them."""
+        self._deferred.append(add)
+
+    def _complete(self) -> None:
+        while self._deferred:
+            self._deferred.pop(0)()
+
+    def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        self._complete()
+        return super().parse_known_args(*args, **kwargs)
+
+    def format_help(self) -> str:
+        self._complete()
+        return super().format_help()
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
