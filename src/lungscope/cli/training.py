@@ -113,8 +113,14 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     )
     _add_train_options(p, "folder for the trials' runs, the study and the best config")
     p.add_argument("--trials", type=int, default=20, metavar="N", help="trials the study should hold (default 20)")
-    p.add_argument("--sampler", choices=["tpe", "random", "grid"], default="tpe",
-                   help="tpe (default), random, or grid over the space's lists of choices")
+
+    def add() -> None:
+        from lungscope.training.tune import SAMPLERS
+
+        p.add_argument("--sampler", choices=SAMPLERS, default=SAMPLERS[0],
+                       help="tpe (default), random, or grid over the space's lists of choices")
+
+    p.defer(add)
     p.add_argument("--space", type=Path, metavar="FILE",
                    help="YAML search space, e.g. {lr: {low: 1e-4, high: 1e-2, log: true}, batch_size: [16, 32]}")
     p.add_argument("--storage", metavar="URL", help="Optuna storage (default sqlite:///OUT/study.db)")

@@ -17,6 +17,7 @@ from lungscope.inference import Classifier, apply_temperature
 
 CALIBRATION_FILE = "calibration.json"
 CALIBRATIONS = ("temperature", "temperature+bias")
+DEFAULT_CALIBRATION = "temperature+bias"
 
 
 def operating_point(
@@ -24,7 +25,7 @@ def operating_point(
     labels: np.ndarray,
     *,
     target_sensitivity: float | None = None,
-    calibration: str = "temperature+bias",
+    calibration: str = DEFAULT_CALIBRATION,
 ) -> dict[str, Any]:
     """Calibration and threshold from validation probabilities (N x C) and class indices.
 
@@ -78,7 +79,7 @@ def store_operating_point(run_dir: str | Path, point: dict[str, Any]) -> None:
 
 
 def calibrate_run(
-    run_dir: str | Path, *, target_sensitivity: float | None = None, calibration: str = "temperature+bias"
+    run_dir: str | Path, *, target_sensitivity: float | None = None, calibration: str = DEFAULT_CALIBRATION
 ) -> dict[str, Any]:
     """Refit a finished run's operating point on its validation split (e.g. for a target sensitivity)."""
     run_dir = Path(run_dir)

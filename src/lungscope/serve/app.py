@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from lungscope.data.io import IMAGE_SUFFIXES, XRay, read_image
 from lungscope.errors import ConfigError, ImageReadError
 from lungscope.explain.api import explain as explain_batch
-from lungscope.explain.base import METHODS
+from lungscope.explain.base import DEFAULT_METHOD, METHODS
 from lungscope.explain.views import heatmap_rgba, map_to_image, overlay, signed_view
 from lungscope.inference import Classifier
 
@@ -189,7 +189,7 @@ def create_app(
     @app.post("/api/explain", responses={200: {"content": {"image/png": {}}}, **ERRORS})
     def explain(
         file: Annotated[UploadFile, File()],
-        method: Annotated[str, Form()] = "gradcam",
+        method: Annotated[str, Form()] = DEFAULT_METHOD,
         view: Annotated[str, Form()] = "overlay",
         alpha: Annotated[float, Form()] = 0.5,
     ) -> Response:

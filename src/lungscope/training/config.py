@@ -18,7 +18,7 @@ from lungscope.data.transforms import (
     AugmentConfig,
 )
 from lungscope.errors import ConfigError
-from lungscope.evaluation.operating import CALIBRATIONS
+from lungscope.evaluation.operating import CALIBRATIONS, DEFAULT_CALIBRATION
 from lungscope.options import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Range, check_options, option
 
 
@@ -74,7 +74,7 @@ class TrainConfig:
     channels_last: bool = option(False, help="channels-last memory format (faster convolutions on CPUs with oneDNN)")
     sampler: str = option("none", choices=("none", "weighted"), flag="--weighted-sampler", const="weighted",
                           help="oversample minority classes instead")
-    calibration: str = option("temperature+bias", choices=CALIBRATIONS,
+    calibration: str = option(DEFAULT_CALIBRATION, choices=CALIBRATIONS,
                               help="fitted on validation when training ends")
     target_sensitivity: float | None = option(None, range=Range(0, 1), metavar="X",
                                               default_help="maximise Youden's J",
