@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from lungscope.data.datasets import scan_dataset
-from lungscope.data.labels import classes_for
+from lungscope.data.labels import classes_for, decide
 from lungscope.data.splits import load_manifest
 from lungscope.errors import ConfigError, DatasetError
 from lungscope.evaluation.calibration import expected_calibration_error, reliability
@@ -127,12 +127,11 @@ def metrics_with_ci(
     """(metrics with patient-bootstrap CIs, confusion matrix, per-class metrics with CIs or None for a binary run):
     binary probabilities decided at ``threshold``, more classes (``threshold=None``) by the largest."""
     n_classes = probabilities.shape[1]
+    matrix = confusion(targets, decide(probabilities, threshold), n_classes)
     if threshold is not None:
         scores = probabilities[:, 1]
-        matrix = confusion(targets, (scores >= threshold).astype(np.int64), 2)
         return with_ci(binary_metric_functions(threshold), targets, scores, patients, **bootstrap), matrix, None
     overall, per_class = multiclass_metric_functions(n_classes)
-    matrix = confusion(targets, probabilities.argmax(axis=1), n_classes)
     classes = [with_ci(functions, targets, probabilities, patients, **bootstrap) for functions in per_class]
     return with_ci(overall, targets, probabilities, patients, **bootstrap), matrix, classes
 
@@ -253,12 +252,10 @@ def _prediction_frame(
     out = frame[["path", "patient_id", "label"]].copy()
     if threshold is not None:
         out["probability"] = probabilities[:, 1]
-        predicted = (probabilities[:, 1] >= threshold).astype(np.int64)
     else:
         for k, name in enumerate(classes):
             out[f"p_{name}"] = probabilities[:, k]
-        predicted = probabilities.argmax(axis=1)
-    out["prediction"] = np.asarray(classes)[predicted]
+    out["prediction"] = np.asarray(classes)[decide(probabilities, threshold)]
     return out
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from lungscope.checkpoint import load_checkpoint, save_checkpoint
+from lungscope.data.labels import decide
 from lungscope.errors import ConfigError
 from lungscope.evaluation.calibration import expected_calibration_error, fit_temperature, fit_temperature_and_bias
 from lungscope.evaluation.threshold import choose_threshold
@@ -55,7 +56,7 @@ def operating_point(
     }
     if probabilities.shape[1] == 2:
         threshold = choose_threshold(labels, probabilities[:, 1], target_sensitivity)
-        positive = probabilities[:, 1] >= threshold
+        positive = decide(probabilities, threshold) == 1
         point.update(
             threshold=threshold,
             threshold_calibrated=float(

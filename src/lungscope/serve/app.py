@@ -174,7 +174,8 @@ def create_app(
         with uploaded(file) as xray:
             scores, spread = classifier.scores(classifier.transform(xray.pixels)[None])
         probabilities = scores[0]
-        decision = classifier.classes[int(classifier.decide(probabilities[None])[0])]
+        called = int(classifier.decide(probabilities[None])[0])
+        decision = classifier.classes[called]
         if len(classifier.classes) == 2:
             probability = float(probabilities[1])
             answer = {"probability": probability, "prediction": decision, "threshold": classifier.threshold,
@@ -182,8 +183,8 @@ def create_app(
             if spread is not None:  # test-time augmentation or an ensemble: the answer's uncertainty
                 answer["uncertainty"] = float(spread[0])
             return answer
-        best = int(probabilities.argmax())  # a multi-class model: the probability of the class it calls
-        return {"probability": float(probabilities[best]), "prediction": decision, "threshold": None,
+        # a multi-class model: the probability of the class it calls
+        return {"probability": float(probabilities[called]), "prediction": decision, "threshold": None,
                 "model": model_name, "probabilities": dict(zip(classifier.classes, map(float, probabilities)))}
 
     @app.post("/api/explain", responses={200: {"content": {"image/png": {}}}, **ERRORS})
