@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from lungscope.cli.common import EXIT_OK, add_labels_option, write_json
+from lungscope.text import format_table
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -39,10 +40,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     rows = [["name", "input", "parameters", "family", "description"]]
     rows += [[s.name, f"{s.input_size}x{s.input_size}", f"{s.parameter_count():,}", s.family, s.description]
              for s in list_models()]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for row in rows:
-        cells = (cell.rjust(w) if i == 2 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-        print("  ".join(cells) + "  " + row[4])
+    print(format_table(rows, right={2}))
     return EXIT_OK
 
 

@@ -11,17 +11,14 @@ from lungscope.cli.flags import add_config_flags, config_overrides
 
 def _table(summary: dict) -> str:
     """Accuracy and macro ROC-AUC (95% CI) of both heads on validation and test."""
+    from lungscope.evaluation.formatting import format_metric
+
     lines = [(f"{summary['labels']} head on {summary['backbone']} features ({summary['feature_dim']}-d, "
               f"{summary['layer']}); split: {summary['split']}")]
     for name in ("dense", "baseline"):
         for side in ("val", "test"):
             report = summary[name][side]
-            cells = []
-            for metric in ("accuracy", "roc_auc"):
-                entry = report["metrics"][metric]
-                interval = f" [{entry['ci95'][0]:.3f}, {entry['ci95'][1]:.3f}]" if entry["ci95"] else ""
-                cells.append(f"{metric} {entry['value']:.3f}{interval}" if entry["value"] is not None
-                             else f"{metric} undefined")
+            cells = [f"{metric} {format_metric(report['metrics'][metric])}" for metric in ("accuracy", "roc_auc")]
             lines.append(f"{name:8s} {side:4s} ({report['n_images']} images, {report['n_patients']} patients): "
                          + ", ".join(cells))
     return "\n".join(lines)

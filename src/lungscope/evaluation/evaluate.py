@@ -22,7 +22,7 @@ from lungscope.data.labels import classes_for, decide
 from lungscope.data.splits import load_manifest
 from lungscope.errors import ConfigError, DatasetError
 from lungscope.evaluation.calibration import expected_calibration_error, reliability
-from lungscope.evaluation.formatting import describe_calibration, format_probability
+from lungscope.evaluation.formatting import describe_calibration, format_metric, format_probability
 from lungscope.evaluation.metrics import (
     METRIC_NAMES,
     binary_metric_functions,
@@ -33,6 +33,7 @@ from lungscope.evaluation.metrics import (
 from lungscope.evaluation.operating import CALIBRATION_FILE
 from lungscope.inference import Classifier, apply_temperature
 from lungscope.progress import progress_bar
+from lungscope.text import format_table
 
 
 @dataclass
@@ -259,13 +260,6 @@ def _prediction_frame(
     return out
 
 
-def _cell(entry: dict[str, Any]) -> str:
-    if entry["value"] is None:
-        return "undefined"
-    low_high = f" [{entry['ci95'][0]:.3f}, {entry['ci95'][1]:.3f}]" if entry["ci95"] else ""
-    return f"{entry['value']:.3f}{low_high}"
-
-
 def format_report(report: dict[str, Any]) -> str:
     """The terminal view of an evaluation report."""
     counts = ", ".join(f"{n} {c}" for c, n in report["class_counts"].items())
@@ -279,12 +273,11 @@ def format_report(report: dict[str, Any]) -> str:
         columns.append((f"threshold {format_probability(report['threshold'])} ({rule}) (95% CI)", report["metrics"]))
         columns.append(("threshold 0.5 (95% CI)", report["metrics_at_0_5"]))
     rows = [[title for title, _ in columns]]
-    rows += [[name] + [_cell(values[name]) for _, values in columns[1:]] for name in METRIC_NAMES]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
-    lines += ["", *("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)]
+    rows += [[name] + [format_metric(values[name]) for _, values in columns[1:]] for name in METRIC_NAMES]
+    lines += ["", format_table(rows)]
     if report["threshold"] is None:
         for name, values in report["per_class"].items():
-            lines.append(f"{name}: " + ", ".join(f"{k} {_cell(v)}" for k, v in values.items()))
+            lines.append(f"{name}: " + ", ".join(f"{k} {format_metric(v)}" for k, v in values.items()))
     matrix = report["confusion_matrix"]
     lines += ["", "confusion matrix (rows true, columns predicted: " + ", ".join(report["classes"]) + ")"]
     lines += ["  " + "  ".join(f"{n:6d}" for n in row) for row in matrix]
