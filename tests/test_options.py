@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+import lungscope
 from lungscope.cli import main
 from lungscope.cli.flags import add_config_flags, config_overrides
 from lungscope.errors import ConfigError
@@ -119,3 +123,12 @@ def test_a_range_violation_is_one_line(source: str, message: str, tmp_path: Path
     verb = argv[0]
     assert capsys.readouterr().err == f"lungscope {verb}: error: {message}\n"
     assert not (tmp_path / "run").exists()
+
+
+def test_building_the_parser_imports_no_torch() -> None:
+    """The flags made from TrainConfig and HeadConfig (whose modules import torch) wait for their verb."""
+    code = ("import sys\nfrom lungscope.cli import build_parser\nbuild_parser()\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('lungscope.training')))")
+    env = {**os.environ, "PYTHONPATH": str(Path(lungscope.__file__).parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip() == "[]"
