@@ -34,8 +34,8 @@ class _Config:
 
 
 def test_ranges_read_as_they_check() -> None:
-    assert [str(r) for r in (POSITIVE, AT_LEAST_ONE, FRACTION, Range(0, 1))] == [
-        "positive", "at least 1", "in [0, 1)", "in [0, 1]"]
+    ranges = (POSITIVE, AT_LEAST_ONE, FRACTION, Range(0, 1), Range(0.5, low_included=False), Range(high=2))
+    assert [str(r) for r in ranges] == ["positive", "at least 1", "in [0, 1)", "in [0, 1]", "above 0.5", "at most 2"]
     assert 0 not in POSITIVE and 1e-9 in POSITIVE
     assert 0 in FRACTION and 1 not in FRACTION and 1 in Range(0, 1)
 

@@ -37,10 +37,12 @@ class Range:
 
     def __str__(self) -> str:
         """``positive``, ``at least 1``, ``in [0, 1)``: what the range asks for, after "must be"."""
-        if self.high is None and self.low is not None:
-            return "positive" if self.low == 0 and not self.low_included else f"at least {self.low}"
+        if self.high is None:
+            if self.low == 0 and not self.low_included:
+                return "positive"
+            return f"{'at least' if self.low_included else 'above'} {self.low}"
         if self.low is None:
-            return f"at most {self.high}" if self.high is not None else "any number"
+            return f"{'at most' if self.high_included else 'below'} {self.high}"
         return f"in {'[' if self.low_included else '('}{self.low}, {self.high}{']' if self.high_included else ')'}"
 
 
@@ -93,7 +95,7 @@ def _fits(value: Any, hint: Any) -> bool:
     return not isinstance(origin, type) or isinstance(value, origin)
 
 
-def type_name(hint: Any) -> str:
+def _type_name(hint: Any) -> str:
     """``a number``, ``an integer or null``...: what an annotation asks for, in a config file's words."""
     args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     return " or ".join(_TYPE_NAMES.get(typing.get_origin(arg) or arg, str(arg)) for arg in args)
@@ -106,7 +108,7 @@ def check_options(config: Any) -> None:
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         if not _fits(value, hints[field.name]):
-            raise ConfigError(f"config key {field.name!r} must be {type_name(hints[field.name])}, not {value!r}")
+            raise ConfigError(f"config key {field.name!r} must be {_type_name(hints[field.name])}, not {value!r}")
         spec = declared(field)
         if spec is None or value is None:
             continue
