@@ -15,9 +15,10 @@ import lungscope
 from lungscope.cli import main
 from lungscope.cli.flags import add_config_flags, config_overrides
 from lungscope.errors import ConfigError
-from lungscope.options import AT_LEAST_ONE, FRACTION, POSITIVE, Range, check_options, option
+from lungscope.options import AT_LEAST_ONE, FRACTION, POSITIVE, Range, check_options, choices_of, option
 from lungscope.training import TrainConfig
 from lungscope.training.head import HeadConfig
+from lungscope.training.tune import DEFAULT_SPACE
 
 
 @dataclass
@@ -31,6 +32,12 @@ class _Config:
 
     def __post_init__(self) -> None:
         check_options(self)
+
+
+def test_choices_are_read_from_the_declaration() -> None:
+    assert choices_of(_Config, "kind") == ("a", "b")
+    assert choices_of(_Config, "rate") == ()
+    assert DEFAULT_SPACE["optimizer"] == list(choices_of(TrainConfig, "optimizer")) == ["adam", "sgd"]
 
 
 def test_ranges_read_as_they_check() -> None:

@@ -79,6 +79,12 @@ def declared(field: dataclasses.Field[Any]) -> Option | None:
     return field.metadata.get("option")
 
 
+def choices_of(config: type, name: str) -> tuple[Any, ...]:
+    """The choices declared for the field ``name`` of the dataclass ``config`` (none: ``()``)."""
+    spec = declared(next(f for f in dataclasses.fields(config) if f.name == name))
+    return () if spec is None else tuple(spec.choices)
+
+
 def _fits(value: Any, hint: Any) -> bool:
     """Whether ``value`` has the type an annotation declares (an int is a number; a list serves for a tuple)."""
     origin = typing.get_origin(hint) or hint
