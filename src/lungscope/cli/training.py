@@ -118,7 +118,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
         from lungscope.training.tune import SAMPLERS
 
         p.add_argument("--sampler", choices=SAMPLERS, default=SAMPLERS[0],
-                       help="tpe (default), random, or grid over the space's lists of choices")
+                       help="Optuna's sampler; grid walks the space's lists of choices (default: %(default)s)")
 
     p.defer(add)
     p.add_argument("--space", type=Path, metavar="FILE",
