@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from scipy.stats import binomtest
 
+from lungscope.evaluation.formatting import format_ci
 from lungscope.inference import Classifier
 
 SITES = {"MCUCXR": "Montgomery (USA)", "CHNCXR": "Shenzhen (China)"}
@@ -41,7 +42,7 @@ def called_normal(model: str, paths: list[Path], tta: int = 1) -> list[bool]:
 def cell(calls: list[bool]) -> str:
     k, n = sum(calls), len(calls)
     interval = binomtest(k, n).proportion_ci(method="wilson")
-    return f"{k / n:.3f} ({interval.low:.3f}-{interval.high:.3f}), {k}/{n}"
+    return f"{format_ci(k / n, interval.low, interval.high)}, {k}/{n}"
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from lungscope.evaluation import patient_bootstrap
+from lungscope.evaluation.formatting import format_ci
 from lungscope.inference import Classifier
 from lungscope.training import TrainConfig, train
 
@@ -67,7 +68,8 @@ def main() -> None:
         f"| epochs run (best) | {summary['epochs_run']} ({summary['best_epoch']}) |",
         f"| wall time, decoding included | {wall:.1f} s = {wall / args.target_seconds:.2f} x the "
         f"{args.target_seconds:.0f} s target |",
-        f"| validation ROC-AUC (best checkpoint) | {auc:.4f} (95% CI {low:.4f}-{high:.4f}, 1,000 patient resamples) |",
+        f"| validation ROC-AUC (best checkpoint) | {format_ci(auc, low, high, decimals=4)} "
+        "(95% CI, 1,000 patient resamples) |",
         f"| AUC at the best epoch in metrics.csv | {summary['best_val_auc']:.4f} |",
     ]
     text = "\n".join(lines) + "\n"

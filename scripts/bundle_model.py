@@ -25,6 +25,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from adult_normals import SITES, called_normal, cell  # noqa: E402
 from lungscope.evaluation.evaluate import evaluate_run
+from lungscope.evaluation.formatting import format_metric
 from lungscope.inference import Classifier
 from lungscope.models import count_parameters
 
@@ -41,7 +42,7 @@ def _table(evaluations: dict[str, dict]) -> str:
         cells = []
         for report in evaluations.values():
             m = report["metrics"][key]
-            cells.append(f"{m['value']:.3f} ({m['ci95'][0]:.3f}-{m['ci95'][1]:.3f})")
+            cells.append(format_metric(m))
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return header + "\n" + "\n".join(rows)
 

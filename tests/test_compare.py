@@ -59,7 +59,7 @@ def test_compare_on_data_gives_every_metric_with_an_interval(runs: dict[str, Pat
                 assert row[f"{name}_ci_low"] <= row[name] + 1e-9 and row[name] <= row[f"{name}_ci_high"] + 1e-9
     text = format_comparison(table)
     roc = next(line for line in text.splitlines() if line.startswith("roc auc"))
-    assert roc.count("[") == 2  # a value and its interval for each run
+    assert roc.count("(") == 2  # a value and its interval for each run
 
 
 def test_format_marks_missing_values_and_disambiguates_names() -> None:
@@ -75,7 +75,7 @@ def test_format_marks_missing_values_and_disambiguates_names() -> None:
     assert lines[0].split() == ["a/run", "b/run"]
     rows = {line[:12].strip(): line[12:].split() for line in lines[1:]}
     assert rows["parameters"] == ["1,234", "1,234"]
-    assert rows["roc auc"] == ["0.912", "[0.800,", "0.950]", "0.500"]
+    assert rows["roc auc"] == ["0.912", "(0.800-0.950)", "0.500"]
     assert rows["accuracy"] == ["-", "0.750"] and rows["threshold"] == ["-", "0.250"]
 
 

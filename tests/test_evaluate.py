@@ -21,7 +21,7 @@ from lungscope.data.datasets import scan_dataset
 from lungscope.data.splits import load_manifest, save_manifest, subsample_by_patient
 from lungscope.errors import ConfigError, DatasetError
 from lungscope.evaluation.evaluate import Evaluation, evaluate_run, format_report
-from lungscope.evaluation.formatting import format_probability
+from lungscope.evaluation.formatting import format_ci, format_metric, format_probability
 from lungscope.evaluation.plots import save_figures
 from lungscope.training import TrainConfig, train
 from test_metrics import sklearn_binary
@@ -221,3 +221,12 @@ def test_terminal_report_shows_a_threshold_near_1_and_the_stored_calibration(hel
     assert "after temperature and bias calibration (T = 1.500, bias per class [0.000, -0.250]):" in text
     report["calibration"]["bias"] = None
     assert "after temperature scaling (T = 1.500):" in format_report(report)
+
+
+def test_every_value_and_interval_is_written_one_way() -> None:
+    assert format_ci(0.91234, 0.8801, 0.94) == "0.912 (0.880-0.940)"
+    assert format_ci(0.91234, None, None) == "0.912"
+    assert format_ci(0.91234, 0.8801, 0.94, decimals=2) == "0.91 (0.88-0.94)"
+    assert format_metric({"value": 0.5, "ci95": [0.25, 0.75]}) == "0.500 (0.250-0.750)"
+    assert format_metric({"value": 0.5, "ci95": None}) == "0.500"
+    assert format_metric({"value": None, "ci95": None}) == "undefined"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from lungscope.data.labels import LABEL_SCHEMES, canonical_label, classes_for, label_for, patient_id
+from lungscope.data.labels import LABEL_SCHEMES, canonical_label, classes_for, decide, label_for, patient_id
 from lungscope.errors import ConfigError
 
 
@@ -118,3 +119,14 @@ def test_every_real_tb_name_parses(lung_masks: Path) -> None:
     assert labels.count("TUBERCULOSIS") == sum(name.endswith("_1.png") for name in names) > 0
     assert labels.count("NORMAL") == sum(name.endswith("_0.png") for name in names) > 0
     assert len({patient_id(name) for name in names} - {None}) == len(names) == 563
+
+
+def test_one_decision_rule() -> None:
+    """A binary model with a threshold calls class 1 at p[:, 1] >= threshold (a 1-D array is that column); every
+    other model the most probable class."""
+    binary = np.array([[0.7, 0.3], [0.2, 0.8], [0.6, 0.4]])
+    assert decide(binary, 0.4).tolist() == [0, 1, 1]  # 0.4 reaches its threshold though class 0 is likelier
+    assert decide(binary[:, 1], 0.4).tolist() == [0, 1, 1]
+    assert decide(binary).tolist() == [0, 1, 0]
+    three = np.array([[0.2, 0.5, 0.3], [0.1, 0.2, 0.7]])
+    assert decide(three, 0.1).tolist() == decide(three).tolist() == [1, 2]  # a threshold is binary only

@@ -31,7 +31,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 # The units of lungscope (a subpackage or a top-level module; ``__init__`` is lungscope/__init__.py), lowest first.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("__init__", "errors", "progress", "device", "checkpoint", "bundled"),  # base utilities; bundled: shipped models
+    ("__init__", "errors", "options", "text", "progress", "device", "checkpoint", "bundled"),  # base; bundled: models
     ("data",),  # files, labels, splits, transforms (the roi choices; the lung crop is registered by segmentation)
     ("models",),
     ("segmentation",),

@@ -20,6 +20,7 @@ from torchvision.transforms.v2 import functional as TF
 from lungscope.bundled import bundled_model
 from lungscope.checkpoint import load_checkpoint
 from lungscope.data.io import read_image
+from lungscope.data.labels import decide
 from lungscope.data.transforms import ROI_CHOICES, Box, Preprocessing
 from lungscope.errors import ConfigError, ImageReadError
 from lungscope.models import create_model
@@ -150,9 +151,7 @@ class Classifier:
     def decide(self, probabilities: np.ndarray) -> np.ndarray:
         """The class index called for each row of calibrated probabilities: the operating threshold on a binary
         model that has one, else the most probable class."""
-        if self.threshold is not None and probabilities.shape[1] == 2:
-            return (probabilities[:, 1] >= self.threshold).astype(np.int64)
-        return probabilities.argmax(axis=1)
+        return decide(probabilities, self.threshold)
 
     def set_tta(self, views: int) -> None:
         """Average ``views`` test-time views of each image (1: off); see :func:`tta_views`."""

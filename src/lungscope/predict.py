@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from lungscope.data.datasets import collect_inputs
+from lungscope.data.labels import decide
 from lungscope.errors import ConfigError
 from lungscope.inference import Classifier, Prediction
 from lungscope.progress import progress_bar
@@ -37,10 +38,9 @@ def _row(prediction: Prediction, classifier: Classifier, threshold: float | None
     probabilities = cast(np.ndarray, prediction.probabilities)  # set when there is no error
     if len(classifier.classes) == 2 and threshold is not None:
         probability = float(probabilities[1])
-        label = classifier.classes[int(probability >= threshold)]
     else:
         probability = float(probabilities.max())
-        label = classifier.classes[int(probabilities.argmax())]
+    label = classifier.classes[int(decide(probabilities[None], threshold)[0])]
     row = {"path": prediction.path, "probability": round(probability, 6), "prediction": label, "error": None}
     if prediction.spread is not None:
         row[UNCERTAINTY] = round(prediction.spread, 6)

@@ -26,7 +26,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from lungscope.data.datasets import scan_dataset
 from lungscope.errors import ConfigError, DatasetError
 from lungscope.evaluation.bootstrap import patient_bootstrap
-from lungscope.evaluation.operating import operating_point
+from lungscope.evaluation.operating import DEFAULT_CALIBRATION, operating_point
 from lungscope.inference import Classifier, apply_temperature, checkpoint_path
 
 MIN_PER_CLASS = 20  # fewer examples of a class than this cannot place a threshold with any precision
@@ -81,7 +81,7 @@ def _out_of_fold_calls(probabilities: np.ndarray, labels: np.ndarray, patients: 
 
 def calibrate_site(
     source: str | os.PathLike[str], data: str | os.PathLike[str], name: str, *,
-    target_sensitivity: float | None = None, calibration: str = "temperature+bias", n_resamples: int = 1000,
+    target_sensitivity: float | None = None, calibration: str = DEFAULT_CALIBRATION, n_resamples: int = 1000,
 ) -> dict[str, Any]:
     """Fit ``source``'s operating point on the labelled images in ``data`` and save it as site ``name``.
 

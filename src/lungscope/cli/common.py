@@ -8,11 +8,12 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from lungscope.bundled import MODELS, TASKS
+from lungscope.data.labels import LABEL_SCHEMES
 
 EXIT_OK, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -23,6 +24,27 @@ class Parser(argparse.ArgumentParser):
     argparse %-formats every ``help=`` (write ``95%%``) but a ``description`` only when it holds ``%(prog)s``
     (write ``95%``); tests/test_cli_contract.py renders every help to keep both right.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deferred: list[Callable[[], None]] = []
+
+    def defer(self, add: Callable[[], None]) -> None:
+        """Run ``add`` (which adds arguments) only when this parser parses or shows its help: flags whose choices or
+        declarations live in modules that import torch cost nothing to the verbs that do not use them."""
+        self._deferred.append(add)
+
+    def _complete(self) -> None:
+        while self._deferred:
+            self._deferred.pop(0)()
+
+    def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        self._complete()
+        return super().parse_known_args(*args, **kwargs)
+
+    def format_help(self) -> str:
+        self._complete()
+        return super().format_help()
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
@@ -75,30 +97,33 @@ def load_model(args: argparse.Namespace, source: str | os.PathLike[str]) -> Any:
     return classifier
 
 
-def add_roi_option(parser: argparse.ArgumentParser) -> None:
+def add_labels_option(parser: argparse.ArgumentParser, help_text: str, default: str | None = None) -> None:
+    """``--labels``: one of lungscope.data.labels' schemes; the help ends with ``default`` where one is given."""
+    text = help_text if default is None else f"{help_text} (default: {default})"
+    parser.add_argument("--labels", choices=list(LABEL_SCHEMES), default=default, help=text)
+
+
+def add_roi_option(parser: Parser) -> None:
     """``--roi``: the region of interest a trained model's inputs are cropped to, overriding its own."""
-    parser.add_argument("--roi", choices=["none", "lungs"], help="crop inputs to the lungs, or not (default: as the "
-                        "model was trained; another choice is warned about)")
+
+    def add() -> None:
+        from lungscope.data.transforms import ROI_CHOICES
+
+        parser.add_argument("--roi", choices=ROI_CHOICES, help="crop inputs to the lungs, or not (default: as the "
+                            "model was trained; another choice is warned about)")
+
+    parser.defer(add)
 
 
-class ExplainMethods(Sequence[str]):
-    """The names of :data:`lungscope.explain.METHODS`, as argparse ``choices``: imported (with torch and Captum) only
-    when a method is given or a verb's help is shown, so that the parser itself stays fast to build."""
+def add_explain_methods(parser: Parser, flag: str, metavar: str, help_text: str, *, show_default: bool = False) -> None:
+    """``flag``: one or more of lungscope.explain's methods (imported, with torch and Captum, only when the parser
+    is used), checked before any work; ``help_text`` may name them with ``%(choices)s``, and ends with the default
+    method where ``show_default``."""
 
-    @staticmethod
-    def _names() -> list[str]:
-        from lungscope.explain import METHODS
+    def add() -> None:
+        from lungscope.explain.base import DEFAULT_METHOD, METHODS
 
-        return list(METHODS)
+        text = f"{help_text} (default {DEFAULT_METHOD})" if show_default else help_text
+        parser.add_argument(flag, nargs="+", action="extend", choices=list(METHODS), metavar=metavar, help=text)
 
-    def __getitem__(self, index: int) -> str:  # type: ignore[override]
-        return self._names()[index]
-
-    def __len__(self) -> int:
-        return len(self._names())
-
-
-def add_explain_methods(parser: argparse.ArgumentParser, flag: str, metavar: str, help_text: str) -> None:
-    """``flag``: one or more explanation methods, checked against lungscope.explain's names before any work;
-    ``help_text`` may name them with ``%(choices)s``."""
-    parser.add_argument(flag, nargs="+", action="extend", choices=ExplainMethods(), metavar=metavar, help=help_text)
+    parser.defer(add)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lungscope.cli.common import EXIT_OK, write_json
+from lungscope.cli.common import EXIT_OK, add_labels_option, write_json
+from lungscope.text import format_table
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -27,7 +28,7 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
         "names carry the label) or a CSV manifest. Never stops at a bad file: each is listed as unreadable.",
     )
     p.add_argument("source", type=Path, help="folder or CSV manifest (path,label[,patient_id][,split])")
-    p.add_argument("--labels", default="binary", help="label scheme: binary, three-class or tb (default: binary)")
+    add_labels_option(p, "label scheme", default="binary")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write the full report as JSON")
     p.add_argument("--workers", type=int, default=None, help="reader threads (default: one per core)")
     p.set_defaults(func=_cmd_audit)
@@ -39,10 +40,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     rows = [["name", "input", "parameters", "family", "description"]]
     rows += [[s.name, f"{s.input_size}x{s.input_size}", f"{s.parameter_count():,}", s.family, s.description]
              for s in list_models()]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for row in rows:
-        cells = (cell.rjust(w) if i == 2 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-        print("  ".join(cells) + "  " + row[4])
+    print(format_table(rows, right={2}))
     return EXIT_OK
 
 

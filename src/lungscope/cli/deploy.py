@@ -91,8 +91,14 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="decoding threads (default: one per core)")
     add_roi_option(p)
     add_model_options(p)
-    p.add_argument("--engine", choices=["local", "spark"], default="local",
-                   help="local (default) or spark: a Spark job writes the --csv rows, for archives")
+
+    def add() -> None:
+        from lungscope.features.api import ENGINES
+
+        p.add_argument("--engine", choices=ENGINES, default=ENGINES[0],
+                       help="local (default) or spark: a Spark job writes the --csv rows, for archives")
+
+    p.defer(add)
     p.add_argument("--spark-master", default="local[*]", metavar="URL", help="Spark master (default local[*])")
     p.set_defaults(func=_cmd_predict)
 
@@ -158,7 +164,13 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                        "An ONNX file also carries the classes, the threshold, the calibration and the preprocessing "
                        "as JSON in its metadata (keys lungscope.classes, .threshold, .calibration, .preprocessing).")
     p.add_argument("run", metavar="RUN_DIR", help=MODEL_HELP)
-    p.add_argument("--format", choices=["onnx", "torchscript"], required=True)
+
+    def add() -> None:
+        from lungscope.export import FORMATS
+
+        p.add_argument("--format", choices=FORMATS, required=True)
+
+    p.defer(add)
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="the file to write, e.g. model.onnx")
     p.set_defaults(func=_cmd_export)
 

@@ -10,6 +10,7 @@ from lungscope.cli.common import (
     EXIT_OK,
     EXIT_PARTIAL,
     MODEL_HELP,
+    add_labels_option,
     add_model_options,
     add_roi_option,
     load_model,
@@ -56,8 +57,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", type=Path, metavar="RUN_DIR", help=MODEL_HELP)
     p.add_argument("--data", type=Path, required=True, help="folder or CSV manifest, e.g. RUN_DIR/split.csv")
     p.add_argument("--split", help="evaluate only the rows of this split of --data (e.g. test: held-out patients)")
-    p.add_argument("--labels", choices=["binary", "three-class", "tb"],
-                   help="label scheme of --data (default: the run's)")
+    add_labels_option(p, "label scheme of --data (default: the run's)")
     p.add_argument("--calibrated", action="store_true",
                    help="calibrated probabilities (the run's temperature and bias)")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the full report as JSON")
@@ -113,8 +113,14 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resamples", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
     p.add_argument("--target-sensitivity", type=float, metavar="X",
                    help="the most specific threshold reaching this validation sensitivity (default: Youden's J)")
-    p.add_argument("--calibration", choices=["temperature", "temperature+bias"], default="temperature+bias",
-                   help="temperature alone, or with a per-class bias that can undo a shift (default)")
+
+    def add() -> None:
+        from lungscope.evaluation.operating import CALIBRATIONS, DEFAULT_CALIBRATION
+
+        p.add_argument("--calibration", choices=CALIBRATIONS, default=DEFAULT_CALIBRATION, help="temperature alone, "
+                       f"or with a per-class bias that can undo a shift (default: {DEFAULT_CALIBRATION})")
+
+    p.defer(add)
     p.set_defaults(func=_cmd_calibrate)
 
 
@@ -141,8 +147,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders to compare")
     p.add_argument("--data", type=Path, help="folder or CSV manifest to evaluate every run on, e.g. RUN_DIR/split.csv")
     p.add_argument("--split", help="evaluate only the rows of this split of --data (e.g. test)")
-    p.add_argument("--labels", choices=["binary", "three-class", "tb"],
-                   help="label scheme of --data (default: the runs')")
+    add_labels_option(p, "label scheme of --data (default: the runs')")
     p.add_argument("--resamples", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--csv", type=Path, metavar="OUT", help="also write the table as CSV, one row per run")

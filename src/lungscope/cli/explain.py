@@ -18,10 +18,11 @@ from lungscope.cli.common import (
 LAYER_HELP = "layer for gradcam/guided-gradcam (default: the model's Grad-CAM layer, else its last convolution)"
 
 def _cmd_explain(args: argparse.Namespace) -> int:
+    from lungscope.explain.base import DEFAULT_METHOD
     from lungscope.explain.files import explain_files
 
     with printed_warnings(args.verb):
-        result = explain_files(args.run, args.paths, args.out, args.method or ["gradcam"], sign=args.sign,
+        result = explain_files(args.run, args.paths, args.out, args.method or [DEFAULT_METHOD], sign=args.sign,
                                layer=args.layer, batch_size=args.batch_size, device=args.device, cmap=args.cmap,
                                alpha=args.alpha, threshold=args.threshold, roi=args.roi)
     report_skipped("explain", result["failed"])
@@ -41,7 +42,7 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run", type=Path, metavar="RUN_DIR", help=MODEL_HELP)
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files and folders")
-    add_explain_methods(p, "--method", "M", "one or more of %(choices)s (default gradcam)")
+    add_explain_methods(p, "--method", "M", "one or more of %(choices)s", show_default=True)
     p.add_argument("--sign", default="positive", help="positive (default), negative, absolute, or all: both signs in a "
                    "diverging colormap")
     p.add_argument("--layer", metavar="NAME", help=LAYER_HELP)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lungscope.cli.common import EXIT_OK, EXIT_PARTIAL, MODEL_HELP
+from lungscope.cli.common import EXIT_OK, EXIT_PARTIAL, MODEL_HELP, add_labels_option
 
 
 def _cmd_features(args: argparse.Namespace) -> int:
@@ -33,9 +33,15 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="FEATURES.parquet", help="the Parquet file to write")
     p.add_argument("--layer", metavar="NAME", help="a module name (see the error for the list; default: the input "
                    "of the final Linear)")
-    p.add_argument("--labels", choices=["binary", "three-class", "tb"], help="label scheme (default: the run's)")
-    p.add_argument("--engine", choices=["local", "spark"], default="local",
-                   help="local (this process, default) or spark (a pandas UDF per partition)")
+    add_labels_option(p, "label scheme (default: the run's)")
+
+    def add() -> None:
+        from lungscope.features.api import ENGINES
+
+        p.add_argument("--engine", choices=ENGINES, default=ENGINES[0],
+                       help="local (this process, default) or spark (a pandas UDF per partition)")
+
+    p.defer(add)
     p.add_argument("--spark-master", default="local[*]", metavar="URL", help="Spark master (default local[*])")
     p.add_argument("--batch-size", type=int, default=32, help="images per model batch (default 32)")
     p.set_defaults(func=_cmd_features)

@@ -6,21 +6,19 @@ import argparse
 from pathlib import Path
 
 from lungscope.cli.common import EXIT_OK, printed_warnings
+from lungscope.cli.flags import add_config_flags, config_overrides
 
 
 def _table(summary: dict) -> str:
     """Accuracy and macro ROC-AUC (95% CI) of both heads on validation and test."""
+    from lungscope.evaluation.formatting import format_metric
+
     lines = [(f"{summary['labels']} head on {summary['backbone']} features ({summary['feature_dim']}-d, "
               f"{summary['layer']}); split: {summary['split']}")]
     for name in ("dense", "baseline"):
         for side in ("val", "test"):
             report = summary[name][side]
-            cells = []
-            for metric in ("accuracy", "roc_auc"):
-                entry = report["metrics"][metric]
-                interval = f" [{entry['ci95'][0]:.3f}, {entry['ci95'][1]:.3f}]" if entry["ci95"] else ""
-                cells.append(f"{metric} {entry['value']:.3f}{interval}" if entry["value"] is not None
-                             else f"{metric} undefined")
+            cells = [f"{metric} {format_metric(report['metrics'][metric])}" for metric in ("accuracy", "roc_auc")]
             lines.append(f"{name:8s} {side:4s} ({report['n_images']} images, {report['n_patients']} patients): "
                          + ", ".join(cells))
     return "\n".join(lines)
@@ -29,12 +27,7 @@ def _table(summary: dict) -> str:
 def _cmd_train_head(args: argparse.Namespace) -> int:
     from lungscope.training.head import HeadConfig, train_head
 
-    options = {"hidden": args.hidden, "dropout": args.dropout, "lr": args.lr, "weight_decay": args.weight_decay,
-               "batch_size": args.batch_size, "epochs": args.epochs, "patience": args.patience,
-               "n_resamples": args.resamples, "seed": args.seed}
-    config = HeadConfig(features=str(args.features), out=str(args.out), labels=args.labels,
-                        manifest=None if args.manifest is None else str(args.manifest),
-                        **{k: v for k, v in options.items() if v is not None})
+    config = HeadConfig(features=str(args.features), out=str(args.out), **config_overrides(args))
     with printed_warnings("train-head"):
         summary = train_head(config)
     print(_table(summary))
@@ -54,19 +47,13 @@ def _add_train_head(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("features", type=Path, help="features Parquet file from `lungscope features`")
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
-    p.add_argument("--labels", choices=["binary", "three-class", "tb"],
-                   help="label scheme (default: the features'; they must carry it)")
-    p.add_argument("--manifest", type=Path, help="split manifest (default: the backbone run's split.csv)")
-    p.add_argument("--hidden", type=int, nargs="*", metavar="N", help="hidden layer sizes (default 512 128)")
-    p.add_argument("--dropout", type=float, help="dropout after each hidden layer (default 0.5)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default 0.001)")
-    p.add_argument("--weight-decay", type=float, help="Adam weight decay (default 0.0001)")
-    p.add_argument("--batch-size", type=int, help="default 64")
-    p.add_argument("--epochs", type=int, help="at most this many epochs (default 300)")
-    p.add_argument("--patience", type=int, help="stop after this many epochs without a lower validation loss "
-                   "(default 30)")
-    p.add_argument("--resamples", type=int, help="patient-bootstrap resamples for the CIs (default 1000)")
-    p.add_argument("--seed", type=int)
+
+    def add() -> None:
+        from lungscope.training.head import HeadConfig
+
+        add_config_flags(p, HeadConfig, skip={"features", "out"})
+
+    p.defer(add)
     p.set_defaults(func=_cmd_train_head)
 
 

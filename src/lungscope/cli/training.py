@@ -7,57 +7,19 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lungscope.cli.common import EXIT_OK, Parser
+from lungscope.cli.flags import add_config_flags, config_overrides
 from lungscope.errors import ConfigError
 
 if TYPE_CHECKING:
     from lungscope.training import TrainConfig
-
-from lungscope.cli.common import EXIT_OK
-
-_TRAIN_FLAGS: list[tuple[str, dict[str, object]]] = [
-    ("--data", {"help": "training data: folder or CSV manifest"}),
-    ("--model", {"help": "registry name (see `lungscope models`)"}),
-    ("--labels", {"choices": ["binary", "three-class", "tb"], "help": "label scheme"}),
-    ("--manifest", {"help": "an existing split manifest (path,label,patient_id,split) to train on"}),
-    ("--pretrained", {"help": "imagenet, lungscope-cxr (the bundled chest X-ray model; cxr-resnet only), PATH of a "
-                      "state dict, or none"}),
-    ("--image-size", {"type": int, "help": "input side (default: the model's)"}),
-    ("--roi", {"choices": ["none", "lungs"], "help": "lungs: crop each X-ray to its lung fields before resizing"}),
-    ("--epochs", {"type": int}),
-    ("--batch-size", {"type": int, "help": "images per step (under torchrun: in all, shared by the processes)"}),
-    ("--lr", {"type": float, "help": "learning rate"}),
-    ("--optimizer", {"choices": ["adam", "sgd"]}),
-    ("--weight-decay", {"type": float}),
-    ("--scheduler", {"choices": ["none", "plateau", "cosine"]}),
-    ("--early-stopping", {"type": int, "metavar": "EPOCHS", "help": "stop after this many epochs without improvement"}),
-    ("--freeze-epochs", {"type": int, "help": "two-stage fine-tuning: epochs training only the new head"}),
-    ("--val-fraction", {"type": float}),
-    ("--test-fraction", {"type": float}),
-    ("--limit", {"type": int, "help": "use at most N images (patient-grouped, stratified): quick runs"}),
-    ("--target-sensitivity", {"type": float, "metavar": "X", "help": "operating threshold: the most specific one "
-                              "reaching this validation sensitivity (default: maximise Youden's J)"}),
-    ("--seed", {"type": int}),
-    ("--workers", {"type": int, "help": "DataLoader worker processes (default 0: images are preloaded)"}),
-    ("--device", {"help": "auto, cpu, cuda, cuda:N or mps"}),
-]
-
-
-def _train_overrides(args: argparse.Namespace) -> dict[str, object]:
-    overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _ in _TRAIN_FLAGS}
-    overrides["class_weights"] = True if args.class_weights else None
-    overrides["sampler"] = "weighted" if args.weighted_sampler else None
-    overrides["clahe"] = True if args.clahe else None
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if overrides.get("pretrained") == "none":
-        overrides["pretrained"] = None  # explicit: train from scratch even where the config names weights
-    return overrides
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig of --config (if given) with the train flags over it and ``out`` from --out."""
     from lungscope.training import TrainConfig
 
-    overrides = {"out": str(args.out), **_train_overrides(args)}
+    overrides = {"out": str(args.out), **config_overrides(args)}
     config = TrainConfig.from_yaml(args.config, **overrides) if args.config else TrainConfig.from_dict(overrides)
     if not config.data and not config.manifest:
         raise ConfigError("give the training data with --data DIR (or --manifest FILE, or data: in --config)")
@@ -68,22 +30,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from lungscope.training import resume_config, train
     from lungscope.training.distributed import is_main_process
 
-    config = resume_config(args.out, **_train_overrides(args)) if args.resume else train_config(args)
+    config = resume_config(args.out, **config_overrides(args)) if args.resume else train_config(args)
     summary = train(config, resume=args.resume)
     if is_main_process():  # under torchrun, once
         print(json.dumps(summary, indent=2))
     return EXIT_OK
 
 
-def _add_train_options(p: argparse.ArgumentParser, out_help: str) -> None:
-    """--config, --out and every training flag: shared by train, cv and tune."""
+def _add_train_options(p: Parser, out_help: str) -> None:
+    """--config, --out and a flag for every option of TrainConfig (added when the verb runs; it imports torch):
+    shared by train, cv and tune."""
     p.add_argument("--config", type=Path, help="YAML file of options (see configs/)")
     p.add_argument("--out", type=Path, required=True, help=out_help)
-    for flag, options in _TRAIN_FLAGS:
-        p.add_argument(flag, **options)  # type: ignore[arg-type]
-    p.add_argument("--class-weights", action="store_true", help="weight the loss by inverse class frequency")
-    p.add_argument("--weighted-sampler", action="store_true", help="oversample minority classes instead")
-    p.add_argument("--clahe", action="store_true", help="contrast-limited adaptive histogram equalisation")
+
+    def add() -> None:
+        from lungscope.training import TrainConfig
+
+        add_config_flags(p, TrainConfig, skip={"out"})
+
+    p.defer(add)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -148,8 +113,14 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     )
     _add_train_options(p, "folder for the trials' runs, the study and the best config")
     p.add_argument("--trials", type=int, default=20, metavar="N", help="trials the study should hold (default 20)")
-    p.add_argument("--sampler", choices=["tpe", "random", "grid"], default="tpe",
-                   help="tpe (default), random, or grid over the space's lists of choices")
+
+    def add() -> None:
+        from lungscope.training.tune import SAMPLERS
+
+        p.add_argument("--sampler", choices=SAMPLERS, default=SAMPLERS[0],
+                       help="Optuna's sampler; grid walks the space's lists of choices (default: %(default)s)")
+
+    p.defer(add)
     p.add_argument("--space", type=Path, metavar="FILE",
                    help="YAML search space, e.g. {lr: {low: 1e-4, high: 1e-2, log: true}, batch_size: [16, 32]}")
     p.add_argument("--storage", metavar="URL", help="Optuna storage (default sqlite:///OUT/study.db)")

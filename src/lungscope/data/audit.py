@@ -16,6 +16,7 @@ from lungscope.data.datasets import scan_dataset
 from lungscope.data.io import UNOPENABLE, read_image, verify_image
 from lungscope.errors import ImageReadError
 from lungscope.progress import progress_bar
+from lungscope.text import format_table
 
 _HASH_CHUNK = 1 << 20
 
@@ -123,14 +124,6 @@ def audit_dataset(
     }
 
 
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  " + "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-        for row in rows
-    )
-
-
 def _listing(title: str, items: list[str], limit: int = 10) -> list[str]:
     lines = [f"{title}: {len(items)}"]
     lines += [f"  {item}" for item in items[:limit]]
@@ -151,7 +144,7 @@ def format_audit(report: dict[str, Any]) -> str:
         f"{report['source']}: {report['n_images']:,} images of {report['n_patients']:,} patients "
         f"(labels: {report['labels']}, {report['seconds']:.1f} s)",
         "",
-        _table(rows),
+        format_table(rows, right=range(1, len(rows[0])), indent="  "),
         "",
         "sizes: " + ", ".join(f"{k} ({v:,})" for k, v in list(report["sizes"].items())[:5])
         + (f", ... {len(report['sizes']) - 5} more" if len(report["sizes"]) > 5 else ""),

@@ -15,6 +15,8 @@ import re
 from os import PathLike
 from pathlib import PurePath
 
+import numpy as np
+
 from lungscope.errors import ConfigError
 
 LABEL_SCHEMES: dict[str, tuple[str, ...]] = {
@@ -42,6 +44,16 @@ def classes_for(scheme: str) -> tuple[str, ...]:
         return LABEL_SCHEMES[scheme]
     except KeyError:
         raise ConfigError(f"unknown label scheme {scheme!r}; valid schemes: {', '.join(LABEL_SCHEMES)}") from None
+
+
+def decide(probabilities: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """The class index called for each row of probabilities (N x C), lungscope's one decision rule: a binary model
+    with an operating ``threshold`` calls class 1 where ``p[:, 1] >= threshold``, any other the most probable class.
+    A 1-D array is a binary model's ``p[:, 1]`` (then ``threshold`` is needed)."""
+    if probabilities.ndim == 1 or (threshold is not None and probabilities.shape[1] == 2):
+        positive = probabilities if probabilities.ndim == 1 else probabilities[:, 1]
+        return (positive >= threshold).astype(np.int64)
+    return probabilities.argmax(axis=1)
 
 
 def patient_id(path: str | PathLike[str]) -> str | None:

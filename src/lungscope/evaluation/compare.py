@@ -18,8 +18,10 @@ from typing import Any
 import pandas as pd
 
 from lungscope.errors import ConfigError
+from lungscope.evaluation.formatting import format_ci
 from lungscope.evaluation.metrics import METRIC_NAMES
 from lungscope.models.layers import count_parameters
+from lungscope.text import format_table
 
 VALIDATION_SOURCE = "validation, best epoch (no CI)"
 _VALIDATION_METRICS = {"accuracy": "val_accuracy", "roc_auc": "val_auc"}
@@ -121,7 +123,7 @@ def _cell(value: Any) -> str:
 
 
 def format_comparison(frame: pd.DataFrame) -> str:
-    """A terminal table with the runs as columns and one line per property and metric ("0.912 [0.881, 0.940]")."""
+    """A terminal table with the runs as columns and one line per property and metric (``0.912 (0.881-0.940)``)."""
     names = [Path(run).name or run for run in frame["run"]]
     lines: list[list[str]] = [["", *(names if len(set(names)) == len(names) else frame["run"])]]
     for column in _DESCRIPTION:
@@ -129,8 +131,7 @@ def format_comparison(frame: pd.DataFrame) -> str:
     for name in (c for c in METRIC_NAMES if c in frame):
         cells = []
         for value, low, high in zip(frame[name], frame[f"{name}_ci_low"], frame[f"{name}_ci_high"]):
-            interval = "" if _cell(low) == "-" else f" [{_cell(low)}, {_cell(high)}]"
-            cells.append(_cell(value) + interval)
+            interval = () if _cell(low) == "-" else (low, high)
+            cells.append("-" if _cell(value) == "-" else format_ci(value, *interval))
         lines.append([name.replace("_", " "), *cells])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+    return format_table(lines)

@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 
 from lungscope.data.datasets import scan_dataset
-from lungscope.data.labels import classes_for
+from lungscope.data.labels import classes_for, decide
 from lungscope.data.splits import load_manifest
 from lungscope.errors import ConfigError, DatasetError
 from lungscope.evaluation.calibration import expected_calibration_error, reliability
-from lungscope.evaluation.formatting import describe_calibration, format_probability
+from lungscope.evaluation.formatting import describe_calibration, format_metric, format_probability
 from lungscope.evaluation.metrics import (
     METRIC_NAMES,
     binary_metric_functions,
@@ -33,6 +33,7 @@ from lungscope.evaluation.metrics import (
 from lungscope.evaluation.operating import CALIBRATION_FILE
 from lungscope.inference import Classifier, apply_temperature
 from lungscope.progress import progress_bar
+from lungscope.text import format_table
 
 
 @dataclass
@@ -127,12 +128,11 @@ def metrics_with_ci(
     """(metrics with patient-bootstrap CIs, confusion matrix, per-class metrics with CIs or None for a binary run):
     binary probabilities decided at ``threshold``, more classes (``threshold=None``) by the largest."""
     n_classes = probabilities.shape[1]
+    matrix = confusion(targets, decide(probabilities, threshold), n_classes)
     if threshold is not None:
         scores = probabilities[:, 1]
-        matrix = confusion(targets, (scores >= threshold).astype(np.int64), 2)
         return with_ci(binary_metric_functions(threshold), targets, scores, patients, **bootstrap), matrix, None
     overall, per_class = multiclass_metric_functions(n_classes)
-    matrix = confusion(targets, probabilities.argmax(axis=1), n_classes)
     classes = [with_ci(functions, targets, probabilities, patients, **bootstrap) for functions in per_class]
     return with_ci(overall, targets, probabilities, patients, **bootstrap), matrix, classes
 
@@ -253,20 +253,11 @@ def _prediction_frame(
     out = frame[["path", "patient_id", "label"]].copy()
     if threshold is not None:
         out["probability"] = probabilities[:, 1]
-        predicted = (probabilities[:, 1] >= threshold).astype(np.int64)
     else:
         for k, name in enumerate(classes):
             out[f"p_{name}"] = probabilities[:, k]
-        predicted = probabilities.argmax(axis=1)
-    out["prediction"] = np.asarray(classes)[predicted]
+    out["prediction"] = np.asarray(classes)[decide(probabilities, threshold)]
     return out
-
-
-def _cell(entry: dict[str, Any]) -> str:
-    if entry["value"] is None:
-        return "undefined"
-    low_high = f" [{entry['ci95'][0]:.3f}, {entry['ci95'][1]:.3f}]" if entry["ci95"] else ""
-    return f"{entry['value']:.3f}{low_high}"
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -282,12 +273,11 @@ def format_report(report: dict[str, Any]) -> str:
         columns.append((f"threshold {format_probability(report['threshold'])} ({rule}) (95% CI)", report["metrics"]))
         columns.append(("threshold 0.5 (95% CI)", report["metrics_at_0_5"]))
     rows = [[title for title, _ in columns]]
-    rows += [[name] + [_cell(values[name]) for _, values in columns[1:]] for name in METRIC_NAMES]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
-    lines += ["", *("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)]
+    rows += [[name] + [format_metric(values[name]) for _, values in columns[1:]] for name in METRIC_NAMES]
+    lines += ["", format_table(rows)]
     if report["threshold"] is None:
         for name, values in report["per_class"].items():
-            lines.append(f"{name}: " + ", ".join(f"{k} {_cell(v)}" for k, v in values.items()))
+            lines.append(f"{name}: " + ", ".join(f"{k} {format_metric(v)}" for k, v in values.items()))
     matrix = report["confusion_matrix"]
     lines += ["", "confusion matrix (rows true, columns predicted: " + ", ".join(report["classes"]) + ")"]
     lines += ["  " + "  ".join(f"{n:6d}" for n in row) for row in matrix]

@@ -29,6 +29,16 @@ def describe_calibration(calibration: dict[str, Any]) -> str:
     return f"temperature and bias calibration (T = {calibration['temperature']:.3f}, bias per class [{bias}])"
 
 
-def format_ci(value: float, low: float, high: float, decimals: int = 3) -> str:
-    """A value and its 95% interval: ``0.912 (0.880-0.940)``."""
+def format_ci(value: float, low: float | None = None, high: float | None = None, decimals: int = 3) -> str:
+    """A value and its 95% interval, ``0.912 (0.880-0.940)``: every "value (CI)" lungscope writes. Without an
+    interval (``low`` or ``high`` None), the value alone."""
+    if low is None or high is None:
+        return f"{value:.{decimals}f}"
     return f"{value:.{decimals}f} ({low:.{decimals}f}-{high:.{decimals}f})"
+
+
+def format_metric(entry: dict[str, Any]) -> str:
+    """A report's metric entry (``value``, ``ci95``: None where undefined or not resampled) by :func:`format_ci`."""
+    if entry["value"] is None:
+        return "undefined"
+    return format_ci(entry["value"], *(entry["ci95"] or (None, None)))

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy.stats import rankdata
 
+from lungscope.data.labels import decide
 from lungscope.evaluation.bootstrap import patient_bootstrap
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
@@ -105,8 +106,8 @@ def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
 def binary_metric_functions(threshold: float) -> dict[str, Metric]:
     """Each of :data:`METRIC_NAMES` as ``f(labels, p_positive)``; an image is positive when ``p >= threshold``."""
 
-    def at(decide: Callable[[np.ndarray, np.ndarray], float]) -> Metric:
-        return lambda labels, scores: decide(labels, (scores >= threshold).astype(np.int64))
+    def at(metric: Callable[[np.ndarray, np.ndarray], float]) -> Metric:
+        return lambda labels, scores: metric(labels, decide(scores, threshold))
 
     return {
         "accuracy": at(accuracy), "precision": at(precision), "recall": at(recall),
@@ -118,8 +119,8 @@ def binary_metric_functions(threshold: float) -> dict[str, Metric]:
 def _per_class(k: int) -> dict[str, Metric]:
     """One class against the rest as ``f(labels, probabilities N x C)``, deciding by the largest probability."""
 
-    def at(decide: Callable[[np.ndarray, np.ndarray, int], float]) -> Metric:
-        return lambda labels, scores: decide(labels, scores.argmax(axis=1), k)
+    def at(metric: Callable[[np.ndarray, np.ndarray, int], float]) -> Metric:
+        return lambda labels, scores: metric(labels, decide(scores), k)
 
     return {
         "precision": at(precision), "recall": at(recall), "specificity": at(specificity), "f1": at(f1),
@@ -140,8 +141,8 @@ def multiclass_metric_functions(n_classes: int) -> tuple[dict[str, Metric], list
         return lambda labels, scores: float(np.mean([functions[name](labels, scores) for functions in per_class]))
 
     overall: dict[str, Metric] = {
-        "accuracy": lambda labels, scores: accuracy(labels, scores.argmax(axis=1)),
-        "balanced_accuracy": lambda labels, scores: balanced_accuracy(labels, scores.argmax(axis=1), n_classes),
+        "accuracy": lambda labels, scores: accuracy(labels, decide(scores)),
+        "balanced_accuracy": lambda labels, scores: balanced_accuracy(labels, decide(scores), n_classes),
     }
     overall.update({name: macro(name) for name in PER_CLASS_NAMES})
     return {name: overall[name] for name in METRIC_NAMES}, per_class

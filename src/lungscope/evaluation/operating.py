@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from lungscope.checkpoint import load_checkpoint, save_checkpoint
+from lungscope.data.labels import decide
 from lungscope.errors import ConfigError
 from lungscope.evaluation.calibration import expected_calibration_error, fit_temperature, fit_temperature_and_bias
 from lungscope.evaluation.threshold import choose_threshold
@@ -17,6 +18,7 @@ from lungscope.inference import Classifier, apply_temperature
 
 CALIBRATION_FILE = "calibration.json"
 CALIBRATIONS = ("temperature", "temperature+bias")
+DEFAULT_CALIBRATION = "temperature+bias"
 
 
 def operating_point(
@@ -24,7 +26,7 @@ def operating_point(
     labels: np.ndarray,
     *,
     target_sensitivity: float | None = None,
-    calibration: str = "temperature+bias",
+    calibration: str = DEFAULT_CALIBRATION,
 ) -> dict[str, Any]:
     """Calibration and threshold from validation probabilities (N x C) and class indices.
 
@@ -54,7 +56,7 @@ def operating_point(
     }
     if probabilities.shape[1] == 2:
         threshold = choose_threshold(labels, probabilities[:, 1], target_sensitivity)
-        positive = probabilities[:, 1] >= threshold
+        positive = decide(probabilities, threshold) == 1
         point.update(
             threshold=threshold,
             threshold_calibrated=float(
@@ -78,7 +80,7 @@ def store_operating_point(run_dir: str | Path, point: dict[str, Any]) -> None:
 
 
 def calibrate_run(
-    run_dir: str | Path, *, target_sensitivity: float | None = None, calibration: str = "temperature+bias"
+    run_dir: str | Path, *, target_sensitivity: float | None = None, calibration: str = DEFAULT_CALIBRATION
 ) -> dict[str, Any]:
     """Refit a finished run's operating point on its validation split (e.g. for a target sensitivity)."""
     run_dir = Path(run_dir)

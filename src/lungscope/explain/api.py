@@ -9,7 +9,14 @@ import torch
 from torch import nn
 
 from lungscope.errors import ConfigError
-from lungscope.explain.base import Explanation, explaining, make_explainer, probabilities, resolve_targets
+from lungscope.explain.base import (
+    DEFAULT_METHOD,
+    Explanation,
+    explaining,
+    make_explainer,
+    probabilities,
+    resolve_targets,
+)
 from lungscope.explain.sanity import warn_if_untrusted
 
 Target = int | list[int] | np.ndarray | torch.Tensor | None
@@ -18,7 +25,7 @@ Target = int | list[int] | np.ndarray | torch.Tensor | None
 def explain(
     model: nn.Module,
     images: torch.Tensor,
-    method: str = "gradcam",
+    method: str = DEFAULT_METHOD,
     target: Target = None,
     layer: str | None = None,
     *,

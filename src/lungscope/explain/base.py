@@ -331,6 +331,7 @@ METHODS: dict[str, type[Explainer]] = {
         OcclusionExplainer,
     )
 }
+DEFAULT_METHOD = GradCamExplainer.name
 
 
 def get_method(method: str) -> type[Explainer]:

@@ -22,7 +22,7 @@ from lungscope.data.transforms import build_preprocess
 from lungscope.device import select_device
 from lungscope.errors import ConfigError, DatasetError, ImageReadError
 from lungscope.explain.api import explain
-from lungscope.explain.base import METHODS, get_method, resolve_layer
+from lungscope.explain.base import DEFAULT_METHOD, METHODS, get_method, resolve_layer
 from lungscope.explain.layers import (
     activation_grid_figure,
     box_region,
@@ -98,7 +98,7 @@ def explain_files(
     run: str | os.PathLike[str],
     paths: Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
-    methods: Sequence[str] = ("gradcam",),
+    methods: Sequence[str] = (DEFAULT_METHOD,),
     *,
     sign: str = "positive",
     layer: str | None = None,

@@ -31,6 +31,7 @@ from lungscope.explain.api import explain
 from lungscope.explain.base import BASELINE, METHODS, explaining, probabilities, resolve_targets
 from lungscope.explain.sanity import FLAG_THRESHOLD
 from lungscope.progress import progress_bar
+from lungscope.text import format_table
 
 # RISE blurs a 224-pixel input with an 11-pixel Gaussian kernel of sigma 5; scaled here to the input's side.
 _BLUR_KERNEL, _BLUR_SIGMA, _BLUR_SIDE = 11, 5.0, 224
@@ -259,8 +260,7 @@ def format_check(report: Mapping[str, Any]) -> str:
          "-" if e["lung_share"] is None else f"{e['lung_share']:.3f}"]
         for method, e in report["methods"].items()
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines = [format_table(rows)]
     if report.get("lung_area_fraction") is not None:
         lines.append(f"lung fields cover {report['lung_area_fraction']:.3f} of the input (the share of a uniform map)")
     return "\n".join(lines)

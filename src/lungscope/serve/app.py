@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from lungscope.data.io import IMAGE_SUFFIXES, XRay, read_image
 from lungscope.errors import ConfigError, ImageReadError
 from lungscope.explain.api import explain as explain_batch
-from lungscope.explain.base import METHODS
+from lungscope.explain.base import DEFAULT_METHOD, METHODS
 from lungscope.explain.views import heatmap_rgba, map_to_image, overlay, signed_view
 from lungscope.inference import Classifier
 
@@ -175,7 +175,8 @@ def create_app(
         with uploaded(file) as xray:
             scores, spread = classifier.scores(classifier.transform(xray.pixels)[None])
         probabilities = scores[0]
-        decision = classifier.classes[int(classifier.decide(probabilities[None])[0])]
+        called = int(classifier.decide(probabilities[None])[0])
+        decision = classifier.classes[called]
         if len(classifier.classes) == 2:
             probability = float(probabilities[1])
             answer = {"probability": probability, "prediction": decision, "threshold": classifier.threshold,
@@ -183,14 +184,14 @@ def create_app(
             if spread is not None:  # test-time augmentation or an ensemble: the answer's uncertainty
                 answer["uncertainty"] = float(spread[0])
             return answer
-        best = int(probabilities.argmax())  # a multi-class model: the probability of the class it calls
-        return {"probability": float(probabilities[best]), "prediction": decision, "threshold": None,
+        # a multi-class model: the probability of the class it calls
+        return {"probability": float(probabilities[called]), "prediction": decision, "threshold": None,
                 "model": model_name, "probabilities": dict(zip(classifier.classes, map(float, probabilities)))}
 
     @app.post("/api/explain", responses={200: {"content": {"image/png": {}}}, **ERRORS})
     def explain(
         file: Annotated[UploadFile, File()],
-        method: Annotated[str, Form()] = "gradcam",
+        method: Annotated[str, Form()] = DEFAULT_METHOD,
         view: Annotated[str, Form()] = "overlay",
         alpha: Annotated[float, Form()] = 0.5,
     ) -> Response:

@@ -11,6 +11,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
+from lungscope.data.labels import decide
 from lungscope.training.distributed import gather_rows, sum_over_ranks
 from lungscope.training.lung_focus import GradCamOutsideLungs
 
@@ -95,7 +96,7 @@ def validation_metrics(
     (one-vs-rest macro mean for more than two classes; NaN when a class is missing)."""
     log_p = torch.log(torch.from_numpy(probabilities).clamp_min(1e-12))
     loss = nn.functional.nll_loss(log_p, torch.from_numpy(labels).long(), weight=weight).item()
-    accuracy = float((probabilities.argmax(1) == labels).mean())
+    accuracy = float((decide(probabilities) == labels).mean())
     if len(np.unique(labels)) < probabilities.shape[1]:
         auc = float("nan")
     elif probabilities.shape[1] == 2:

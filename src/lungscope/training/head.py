@@ -24,7 +24,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lungscope.bundled import bundled_model
 from lungscope.checkpoint import save_checkpoint
 from lungscope.data.io import read_image
-from lungscope.data.labels import classes_for
+from lungscope.data.labels import LABEL_SCHEMES, classes_for
 from lungscope.data.splits import load_manifest, save_manifest, split_by_patient
 from lungscope.data.transforms import PREPROCESSING_KEYS
 from lungscope.errors import ConfigError, DatasetError, ImageReadError
@@ -59,6 +59,7 @@ from lungscope.models.two_stage import (
     TwoStage,
     dense_head,
 )
+from lungscope.options import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, check_options, option
 from lungscope.progress import progress_bar
 from lungscope.training.engine import predict, train_one_epoch, validation_metrics
 from lungscope.training.trainer import METRIC_COLUMNS
@@ -69,34 +70,36 @@ _CHECKED_ROWS = 4  # rows whose stored vectors are recomputed from their images:
 
 @dataclass
 class HeadConfig:
-    """Every option of ``lungscope train-head``; written to the run's ``config.yaml``."""
+    """Every option of ``lungscope train-head``, each declared once (:func:`lungscope.options.option`); written to
+    the run's ``config.yaml``."""
 
-    features: str = ""
-    out: str = ""
-    labels: str | None = None  # default: the features' label scheme
-    manifest: str | None = None  # a split manifest; default: the backbone run's split.csv
-    hidden: list[int] = field(default_factory=lambda: list(DEFAULT_HIDDEN))
-    dropout: float = DEFAULT_DROPOUT
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 64
-    epochs: int = 300
-    patience: int = 30  # epochs without a lower validation loss before stopping
-    baseline_c: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0])
-    val_fraction: float = 0.15  # only for a new split (no manifest, and a backbone without split.csv)
-    test_fraction: float = 0.15
-    n_resamples: int = 1000
-    seed: int = 0
+    features: str = option("", help="features Parquet file from `lungscope features`")
+    out: str = option("", help="run folder to write")
+    labels: str | None = option(None, choices=tuple(LABEL_SCHEMES), default_help="the features'; they must carry it",
+                                help="label scheme")
+    manifest: str | None = option(None, default_help="the backbone run's split.csv", help="split manifest")
+    hidden: list[int] = option(default_factory=lambda: list(DEFAULT_HIDDEN), range=AT_LEAST_ONE, metavar="N",
+                               help="hidden layer sizes")
+    dropout: float = option(DEFAULT_DROPOUT, range=FRACTION, help="dropout after each hidden layer")
+    lr: float = option(1e-3, range=POSITIVE, help="Adam learning rate")
+    weight_decay: float = option(1e-4, range=NON_NEGATIVE, help="Adam weight decay")
+    batch_size: int = option(64, range=AT_LEAST_ONE, help="rows per step")
+    epochs: int = option(300, range=AT_LEAST_ONE, help="at most this many epochs")
+    patience: int = option(30, range=AT_LEAST_ONE, help="stop after this many epochs without a lower validation loss")
+    baseline_c: list[float] = option(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0], range=POSITIVE,
+                                     metavar="C", help="the logistic regression's inverse regularisation strengths "
+                                     "tried on validation")
+    val_fraction: float = option(0.15, range=FRACTION,
+                                 help="only for a new split (no manifest, and a backbone without split.csv)")
+    test_fraction: float = option(0.15, range=FRACTION, help="likewise, of the patients for testing")
+    n_resamples: int = option(1000, range=NON_NEGATIVE, flag="--resamples",
+                              help="patient-bootstrap resamples for the CIs")
+    seed: int = option(0, help="random seed")
 
     def __post_init__(self) -> None:
-        if self.labels is not None:
-            classes_for(self.labels)
-        for key in ("lr", "batch_size", "epochs", "patience"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"{key} must be positive, not {getattr(self, key)}")
-        if not self.baseline_c or any(not c > 0 for c in self.baseline_c):
-            raise ConfigError(f"baseline C values must be positive, not {self.baseline_c}")
-        dense_head(1, 2, self.hidden, self.dropout)  # validates hidden sizes and dropout
+        check_options(self)
+        if not self.baseline_c:
+            raise ConfigError("baseline_c must hold at least one value")
 
 
 @dataclass

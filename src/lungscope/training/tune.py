@@ -26,6 +26,7 @@ import yaml
 from optuna.trial import TrialState
 
 from lungscope.errors import ConfigError, DatasetError, LungscopeError
+from lungscope.options import choices_of
 from lungscope.progress import progress_bar
 from lungscope.training.config import TrainConfig
 from lungscope.training.cv import check_same_options, save_or_check_manifest
@@ -35,7 +36,7 @@ DEFAULT_SPACE: dict[str, Any] = {
     "lr": {"low": 1e-4, "high": 1e-2, "log": True},
     "batch_size": [16, 32, 64],
     "weight_decay": {"low": 1e-6, "high": 1e-3, "log": True, "zero": True},
-    "optimizer": ["adam", "sgd"],
+    "optimizer": list(choices_of(TrainConfig, "optimizer")),
 }
 SAMPLERS = ("tpe", "random", "grid")
 _FIXED = ("data", "out", "manifest", "labels", "limit", "val_fraction", "test_fraction")  # the shared data and split
