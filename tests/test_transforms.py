@@ -297,8 +297,9 @@ def test_preprocessing_is_read_from_a_checkpoint_with_or_without_its_own_entry()
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"roi": "heart"}, "unknown roi 'heart'"), ({"normalise": "z"}, "unknown normalise"),
-    ({"image_size": 4}, "image_size must be an integer of at least 8"), ({"roi_margin": 1.5}, "roi_margin"),
+    ({"roi": "heart"}, "roi must be one of none, lungs, not 'heart'"), ({"normalise": "z"}, "normalise must be one of"),
+    ({"image_size": 4}, "image_size must be at least 8"), ({"image_size": 64.0}, "'image_size' must be an integer"),
+    ({"roi_margin": 1.5}, "roi_margin must be in"),
 ])
 def test_preprocessing_refuses_what_it_cannot_do(change: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
@@ -24,6 +24,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from lungscope.errors import ConfigError, DatasetError
+from lungscope.options import FRACTION, Range, check_options, option
 
 RESIZE_MODES = ("squash", "pad")
 ROI_CHOICES = ("none", "lungs")
@@ -133,21 +134,18 @@ class Preprocessing:
     ``normalise="fixed"`` is ``(x - 0.5) / 0.25``, ``"per-image"`` each image by its own mean and standard deviation.
     """
 
-    image_size: int
-    resize: str = "squash"
-    clahe: bool = False
-    roi: str = "none"
-    roi_margin: float = 0.05
-    normalise: str = "fixed"
+    image_size: int = option(range=Range(8), help="input side")
+    resize: str = option("squash", choices=RESIZE_MODES, help="squash to the square, or pad to it first")
+    clahe: bool = option(False, help="contrast-limited adaptive histogram equalisation")
+    roi: str = option("none", choices=ROI_CHOICES,
+                      help="lungs: crop each X-ray to its lung fields (the bundled lung U-Net) before resizing")
+    roi_margin: float = option(0.05, range=FRACTION,
+                               help="of the image's height and width, added around the lungs' box on every side")
+    normalise: str = option("fixed", choices=NORMALISATIONS,
+                            help="fixed: (x - 0.5) / 0.25; per-image: each image by its own mean and std")
 
     def __post_init__(self) -> None:
-        for key, choices in (("resize", RESIZE_MODES), ("roi", ROI_CHOICES), ("normalise", NORMALISATIONS)):
-            if getattr(self, key) not in choices:
-                raise ConfigError(f"unknown {key} {getattr(self, key)!r}; expected one of {', '.join(choices)}")
-        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 8:
-            raise ConfigError(f"image_size must be an integer of at least 8, got {self.image_size!r}")
-        if not 0 <= self.roi_margin < 1:
-            raise ConfigError(f"roi_margin must be in [0, 1), got {self.roi_margin!r}")
+        check_options(self)
 
     @classmethod
     def of(cls, config: Mapping[str, object], image_size: int) -> Preprocessing:
@@ -177,10 +175,16 @@ class Preprocessing:
                                        channels=channels)
 
 
-# The run-config keys that shape a model's input besides its image size, with their defaults (TrainConfig's too):
-# whatever reuses a model (a two-stage head on its backbone, an ensemble member, an export) carries or matches these.
-PREPROCESSING_DEFAULTS: dict[str, object] = {f.name: f.default for f in fields(Preprocessing) if f.name != "image_size"}
-PREPROCESSING_KEYS = tuple(PREPROCESSING_DEFAULTS)
+# The run-config keys that shape a model's input besides its image size: whatever reuses a model (a two-stage head on
+# its backbone, an ensemble member, an export) carries or matches these.
+PREPROCESSING_KEYS = tuple(f.name for f in fields(Preprocessing) if f.name != "image_size")
+
+
+def preprocessing_option(name: str) -> Any:
+    """A config dataclass's field for the preprocessing option ``name``: :class:`Preprocessing`'s own declaration
+    (default, choices, range, help), so that a training run's options and a checkpoint's spec cannot drift apart."""
+    declared = next(f for f in fields(Preprocessing) if f.name == name)
+    return field(default=declared.default, metadata=declared.metadata)
 
 
 class RandomGamma(v2.Transform):

@@ -5,18 +5,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import yaml
 
 from lungscope.data.labels import LABEL_SCHEMES
-from lungscope.data.transforms import (
-    NORMALISATIONS,
-    PREPROCESSING_DEFAULTS,
-    RESIZE_MODES,
-    ROI_CHOICES,
-    AugmentConfig,
-)
+from lungscope.data.transforms import AugmentConfig, preprocessing_option
 from lungscope.errors import ConfigError
 from lungscope.evaluation.operating import CALIBRATIONS, DEFAULT_CALIBRATION
 from lungscope.options import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Range, check_options, option
@@ -37,16 +31,11 @@ class TrainConfig:
     pretrained: str | None = option(None, help="imagenet, lungscope-cxr (the bundled chest X-ray model; cxr-resnet "
                                     "only), PATH of a state dict, or none")
     image_size: int | None = option(None, range=Range(8), default_help="the model's", help="input side")
-    resize: str = option(cast(str, PREPROCESSING_DEFAULTS["resize"]), choices=RESIZE_MODES,
-                         help="squash to the square, or pad to it first")
-    clahe: bool = option(cast(bool, PREPROCESSING_DEFAULTS["clahe"]),
-                         help="contrast-limited adaptive histogram equalisation")
-    roi: str = option(cast(str, PREPROCESSING_DEFAULTS["roi"]), choices=ROI_CHOICES,
-                      help="lungs: crop each X-ray to its lung fields (the bundled lung U-Net) before resizing")
-    roi_margin: float = option(cast(float, PREPROCESSING_DEFAULTS["roi_margin"]), range=FRACTION,
-                               help="of the image's height and width, added around the lungs' box on every side")
-    normalise: str = option(cast(str, PREPROCESSING_DEFAULTS["normalise"]), choices=NORMALISATIONS,
-                            help="fixed: (x - 0.5) / 0.25; per-image: each image by its own mean and std")
+    resize: str = preprocessing_option("resize")
+    clahe: bool = preprocessing_option("clahe")
+    roi: str = preprocessing_option("roi")
+    roi_margin: float = preprocessing_option("roi_margin")
+    normalise: str = preprocessing_option("normalise")
     augment: bool = option(True, help="augment the training images")
     augmentation: dict[str, Any] = option(default_factory=dict,
                                           help="AugmentConfig's strengths; unset keys keep their defaults")
