@@ -22,11 +22,12 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from lungscope.cli import main
+from lungscope.data.io import read_image
 from lungscope.data.labels import label_for
 from lungscope.data.splits import load_manifest
 from lungscope.errors import ConfigError
 from lungscope.evaluation.evaluate import evaluate_run
-from lungscope.features import FeatureWriter, extract_features, read_features
+from lungscope.features import FeatureExtractor, extract_features
 from lungscope.inference import Classifier
 from lungscope.models import classifier_head, create_model, last_conv_layer
 from lungscope.models.two_stage import dense_head
@@ -217,15 +218,22 @@ def test_two_stage_run_predicts_and_explains(head_run: Path, tmp_path: Path,
     assert gradcam.shape[-2:] == (64, 64) and np.abs(gradcam).max() > 0
 
 
-def test_features_of_another_model_are_refused(features: Path, tmp_path: Path) -> None:
-    frame, metadata = read_features(features)
-    rng = np.random.default_rng(0)
-    frame["features"] = [None if v is None else rng.random(64).astype(np.float32) for v in frame["features"]]
-    with FeatureWriter(tmp_path / "other.parquet", metadata) as writer:
-        writer.write_rows(frame.to_dict("records"))
-    with pytest.raises(ConfigError, match="do not match the backbone"):
-        train_head(HeadConfig(features=str(tmp_path / "other.parquet"), out=str(tmp_path / "run"), epochs=2,
-                              n_resamples=10), progress=False)
+@pytest.mark.parametrize("layer", [None, LAYER])
+def test_two_stage_backbone_gives_the_extractors_features(quick_run: Path, chest_xray: Path, layer: str | None) -> None:
+    """The two-stage model reads its backbone's layer as ``lungscope features`` did: the same vectors of real
+    images (so a head trained on the file classifies the model's own features); the classifier stays whole."""
+    classifier = Classifier.load(quick_run)
+    extractor = FeatureExtractor(classifier, layer)
+    model = create_model("two-stage", num_classes=3, backbone="shallow-cnn", hidden=[8],
+                         layer=_layer_option(extractor.layer, "shallow-cnn", {})).eval()
+    model.load_backbone(classifier.model.state_dict(), source=str(quick_run))
+    paths = [str(p) for p in sorted((chest_xray / "train" / "PNEUMONIA").iterdir())[:4]]
+    batch = torch.stack([classifier.transform(read_image(path).pixels) for path in paths])
+    with torch.no_grad():
+        computed = model.backbone(batch).numpy()
+        assert classifier.model(batch).shape == (4, 2)
+    extracted = np.stack([row["features"] for row in extractor.extract_files(paths)])
+    assert computed.shape == (4, extractor.feature_dim) and np.allclose(computed, extracted, atol=1e-5)
 
 
 def test_wrong_labels_and_an_existing_run_are_refused(features: Path, head_run: Path, tmp_path: Path) -> None:

@@ -41,11 +41,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lungscope.bundled import bundled_model
 from lungscope.checkpoint import save_checkpoint
-from lungscope.data.io import read_image
 from lungscope.data.labels import classes_for
 from lungscope.data.splits import load_manifest, save_manifest, split_by_patient
 from lungscope.data.transforms import PREPROCESSING_KEYS
-from lungscope.errors import ConfigError, DatasetError, ImageReadError
+from lungscope.errors import ConfigError, DatasetError
 from lungscope.evaluation.evaluate import metrics_with_ci
 from lungscope.evaluation.operating import operating_point, store_operating_point
 from lungscope.evaluation.plots import plot_curves
@@ -64,7 +63,6 @@ from lungscope.training.engine import predict, train_one_epoch, validation_metri
 from lungscope.training.trainer import METRIC_COLUMNS
 
 SPLITS = ("train", "val", "test")
-_CHECKED_ROWS = 4  # rows whose stored vectors are recomputed from their images: the features match the model
 
 
 @dataclass
@@ -240,27 +238,6 @@ def _measure(head: nn.Module, rows: _Rows, classes: list[str], threshold: float 
     return report
 
 
-def _check_vectors(model: TwoStage, classifier: Classifier, rows: _Rows) -> None:
-    """Recompute a few rows' vectors from their images: the features file must be this backbone's, at this layer."""
-    images, stored = [], []
-    for path, vector in zip(rows.frame["path"], rows.x):
-        try:
-            images.append(classifier.transform(read_image(path).pixels))
-        except ImageReadError:
-            continue  # moved or changed since the extraction: other rows decide
-        stored.append(vector)
-        if len(images) == _CHECKED_ROWS:
-            break
-    if not images:
-        return
-    with torch.no_grad():
-        computed = model.eval().backbone(torch.stack(images)).numpy()
-    expected = np.stack(stored)
-    if not np.allclose(computed, expected, rtol=1e-3, atol=1e-3 * (np.abs(expected).max() + 1e-6)):
-        raise ConfigError("the features do not match the backbone run's model at their layer (max difference "
-                          f"{np.abs(computed - expected).max():.3g}): re-extract them with `lungscope features`")
-
-
 def _checkpoint(model: TwoStage, config: dict[str, Any], classes: list[str], image_size: int,
                 extra: dict[str, Any]) -> dict[str, Any]:
     return {"model": model.state_dict(), "config": config, "classes": classes, "image_size": image_size, **extra}
@@ -314,8 +291,6 @@ def train_head(config: HeadConfig, *, progress: bool | None = None) -> dict[str,
         model = cast(TwoStage, create_model("two-stage", num_classes=len(classes), **options))
         model.load_backbone(backbone.model.state_dict(), source=meta["run"])
         model.head.load_state_dict(head.state_dict())
-        if name == "dense":
-            _check_vectors(model, backbone, train)
         val_probabilities = head_probabilities(head, val.x)
         point = operating_point(val_probabilities, val.y)
         threshold = point["threshold"]
