@@ -35,7 +35,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train_segmenter(args: argparse.Namespace) -> int:
-    from lungscope.segmentation.train import SegmenterConfig, train_segmenter
+    from lungscope.training.segmenter import SegmenterConfig, train_segmenter
 
     config = SegmenterConfig(image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              seed=args.seed)

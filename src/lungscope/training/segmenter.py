@@ -17,14 +17,13 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from lungscope.checkpoint import save_checkpoint
-from lungscope.data.datasets import find_images
 from lungscope.data.io import read_image
-from lungscope.data.labels import label_for, patient_id
 from lungscope.data.splits import split_by_patient
-from lungscope.errors import ConfigError, DatasetError
+from lungscope.errors import ConfigError
 from lungscope.models import create_model, get_spec
 from lungscope.progress import progress_bar
-from lungscope.segmentation.masks import dice, iou
+from lungscope.segmentation.files import mask_scores, pair_files
+from lungscope.segmentation.masks import dice
 from lungscope.segmentation.segmenter import LungSegmenter, normalise, resized
 
 
@@ -50,21 +49,6 @@ class SegmenterConfig:
                 raise ConfigError(f"{key} must be positive, not {getattr(self, key)}")
 
 
-def pair_files(images: str | os.PathLike[str], masks: str | os.PathLike[str]) -> pd.DataFrame:
-    """``image``, ``mask``, ``patient_id``, ``label`` for every image of ``images`` with a mask of the same name in
-    ``masks``."""
-    images, masks = Path(images), Path(masks)
-    for folder in (images, masks):
-        if not folder.is_dir():
-            raise DatasetError(f"{folder}: no such folder")
-    rows = [{"image": str(path), "mask": str(masks / path.name), "patient_id": patient_id(path) or path.stem,
-             "label": label_for(path, "tb") or "unknown"}  # the split keeps TB and normal shares alike
-            for path in find_images(images)[0] if (masks / path.name).is_file()]
-    if not rows:
-        raise DatasetError(f"{images}: no image has a mask of the same name in {masks}")
-    return pd.DataFrame(rows)
-
-
 def _load(frame: pd.DataFrame, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Images ``(N, 1, size, size)`` in [0, 1] and masks ``(N, 1, size, size)`` in {0, 1}, resized."""
     images = resized([read_image(p).pixels for p in frame["image"]], size)
@@ -87,16 +71,6 @@ def _loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     overlap = (probabilities * masks).sum(dim=(1, 2, 3))
     soft_dice = (2 * overlap + 1) / (probabilities.sum(dim=(1, 2, 3)) + masks.sum(dim=(1, 2, 3)) + 1)
     return F.binary_cross_entropy_with_logits(logits, masks) + (1 - soft_dice).mean()
-
-
-def mask_scores(segmenter: LungSegmenter, frame: pd.DataFrame) -> pd.DataFrame:
-    """Dice and IoU of the segmenter's cleaned masks against the true masks, at each image's own resolution."""
-    rows = []
-    for image_path, mask_path in zip(frame["image"], frame["mask"]):
-        truth = read_image(mask_path).pixels >= 0.5
-        predicted = segmenter.mask(read_image(image_path).pixels)
-        rows.append({"image": image_path, "dice": dice(predicted, truth), "iou": iou(predicted, truth)})
-    return pd.DataFrame(rows)
 
 
 def train_segmenter(
