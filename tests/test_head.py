@@ -39,6 +39,7 @@ from lungscope.training.head import (
     fit_dense_head,
     train_head,
 )
+from lungscope.training.run_folder import RunFolder
 
 LAYER = "features.2"  # shallow-cnn's pooled 64-channel map: small vectors keep the real run quick
 
@@ -135,7 +136,7 @@ def test_dense_head_learns_keeps_its_best_epoch_and_stops_early(tmp_path: Path) 
     x, y = _blobs(600, 3, seed=2)
     train, val, test = _rows(x[:400], y[:400]), _rows(x[400:500], y[400:500]), _rows(x[500:], y[500:])
     config = HeadConfig(hidden=[16], dropout=0.2, epochs=500, patience=5)
-    head, fit = fit_dense_head(train, val, 3, config, tmp_path / "metrics.csv", progress=False)
+    head, fit = fit_dense_head(train, val, 3, config, RunFolder(tmp_path), progress=False)
     history = pd.read_csv(tmp_path / "metrics.csv")
     assert fit["epochs_run"] < 500 and fit["epochs_run"] - fit["best_epoch"] == 5 == len(history) - fit["best_epoch"]
     assert fit["val_loss"] == pytest.approx(history["val_loss"].min(), rel=1e-5)

@@ -18,20 +18,15 @@ or a given manifest's; without either, a new patient-grouped split.
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
@@ -59,7 +54,8 @@ from lungscope.models.two_stage import (
     dense_head,
 )
 from lungscope.progress import progress_bar
-from lungscope.training.engine import predict, train_one_epoch, validation_metrics
+from lungscope.training.engine import Progress, copy_state, predict, run_epochs, train_one_epoch, validation_metrics
+from lungscope.training.run_folder import RunFolder
 from lungscope.training.trainer import METRIC_COLUMNS
 
 SPLITS = ("train", "val", "test")
@@ -159,9 +155,10 @@ def _loader(x: np.ndarray, y: np.ndarray, batch_size: int, generator: torch.Gene
 
 
 def fit_dense_head(
-    train: _Rows, val: _Rows, n_classes: int, config: HeadConfig, metrics_csv: Path, progress: bool | None = None
+    train: _Rows, val: _Rows, n_classes: int, config: HeadConfig, folder: RunFolder, progress: bool | None = None
 ) -> tuple[nn.Sequential, dict[str, Any]]:
-    """The dense head at its lowest validation loss, taking raw features; and how training went."""
+    """The dense head at its lowest validation loss, taking raw features; and how training went (a row per epoch in
+    ``folder``'s ``metrics.csv``)."""
     scaler = StandardScaler().fit(train.x)
     x_train, x_val = scaler.transform(train.x).astype(np.float32), scaler.transform(val.x).astype(np.float32)
     torch.manual_seed(config.seed)
@@ -172,26 +169,23 @@ def fit_dense_head(
     generator = torch.Generator().manual_seed(config.seed)
     train_loader = _loader(x_train, train.y, config.batch_size, generator)
     val_loader = _loader(x_val, val.y, 1024)
-    best, best_epoch, best_state = math.inf, 0, None
-    metrics_csv.write_text(",".join(METRIC_COLUMNS) + "\n")
+    folder.open_metrics(METRIC_COLUMNS)
+    best_state: dict[str, torch.Tensor] = {}
     bar = progress_bar(total=config.epochs * len(train_loader), desc="train dense head", unit="batch", show=progress)
-    for epoch in range(1, config.epochs + 1):
-        started = time.perf_counter()
-        trained = train_one_epoch(head, train_loader, criterion, optimizer, device, scaler_amp, bar)
-        metrics = validation_metrics(*predict(head, val_loader, device))
-        with metrics_csv.open("a", newline="") as handle:
-            row = {"epoch": epoch, **trained, **metrics, "lr": config.lr,
-                   "seconds": time.perf_counter() - started}
-            csv.DictWriter(handle, METRIC_COLUMNS).writerow({k: f"{v:.6g}" for k, v in row.items()})
-        if metrics["val_loss"] < best:
-            best, best_epoch = metrics["val_loss"], epoch
-            best_state = {k: v.clone() for k, v in head.state_dict().items()}
-        elif epoch - best_epoch >= config.patience:
-            break
+
+    def record(row: dict[str, float], improved: bool) -> None:
+        folder.record({**row, "lr": config.lr})
+        if improved:
+            best_state.update(copy_state(head))
+
+    state = Progress()
+    run_epochs(state, config.epochs, record=record, monitor="val_loss", minimise=True, patience=config.patience,
+               train=lambda: train_one_epoch(head, train_loader, criterion, optimizer, device, scaler_amp, bar),
+               validate=lambda: validation_metrics(*predict(head, val_loader, device)))
     bar.close()
-    head.load_state_dict(cast(dict[str, torch.Tensor], best_state))  # set by the first epoch (its loss is below inf)
+    head.load_state_dict(best_state)  # set by the first epoch
     _fold(cast(nn.Linear, head[0]), scaler)
-    return head.eval(), {"best_epoch": best_epoch, "epochs_run": epoch, "val_loss": best}
+    return head.eval(), {"best_epoch": state.best_epoch, "epochs_run": state.epoch, "val_loss": state.best}
 
 
 def fit_baseline(train: _Rows, val: _Rows, n_classes: int, config: HeadConfig) -> tuple[nn.Sequential, dict[str, Any]]:
@@ -246,11 +240,8 @@ def _checkpoint(model: TwoStage, config: dict[str, Any], classes: list[str], ima
 def train_head(config: HeadConfig, *, progress: bool | None = None) -> dict[str, Any]:
     """Fit both heads, build their two-stage models and write the run folder; returns ``summary.json``'s content."""
     started = time.perf_counter()
-    if not config.out:
-        raise ConfigError("an output folder (--out RUN_DIR) is required")
-    out = Path(config.out)
-    if (out / "best.pt").exists():
-        raise ConfigError(f"{out} already holds a run; choose another --out")
+    folder = RunFolder(config.out)
+    out = folder.path
     frame, meta = read_features(config.features)
     scheme = config.labels or meta["labels"]
     if scheme != meta["labels"]:
@@ -263,10 +254,9 @@ def train_head(config: HeadConfig, *, progress: bool | None = None) -> dict[str,
     split, split_source = _assign_split(usable, config, meta["run"])
     train, val, test = (_rows(split, classes, name) for name in SPLITS)
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+    folder.create(asdict(config))
     save_manifest(split, out / "split.csv")
-    dense, dense_fit = fit_dense_head(train, val, len(classes), config, out / "metrics.csv", progress)
+    dense, dense_fit = fit_dense_head(train, val, len(classes), config, folder, progress)
     plot_curves(out / "metrics.csv", out / "curves.png")
     baseline, baseline_fit = fit_baseline(train, val, len(classes), config)
 
@@ -297,7 +287,7 @@ def train_head(config: HeadConfig, *, progress: bool | None = None) -> dict[str,
         state = _checkpoint(model, {**run_config, "model_options": options}, classes, backbone.image_size,
                             {"fit": fit, "head": name})
         if name == "dense":
-            save_checkpoint(state, out / "best.pt")
+            folder.save_best(state)
             store_operating_point(out, point)
         else:
             keys = ("calibration", "temperature", "bias", "threshold", "threshold_calibrated", "rule")
@@ -308,5 +298,5 @@ def train_head(config: HeadConfig, *, progress: bool | None = None) -> dict[str,
             "test": _measure(head, test, classes, threshold, config),
         }
     summary["wall_time_seconds"] = round(time.perf_counter() - started, 1)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    folder.write_summary(summary)
     return summary

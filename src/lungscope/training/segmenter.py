@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -12,11 +11,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 from torch.nn import functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from lungscope.checkpoint import save_checkpoint
 from lungscope.data.io import read_image
 from lungscope.data.splits import split_by_patient
 from lungscope.errors import ConfigError
@@ -25,6 +24,8 @@ from lungscope.progress import progress_bar
 from lungscope.segmentation.files import mask_scores, pair_files
 from lungscope.segmentation.masks import dice
 from lungscope.segmentation.segmenter import LungSegmenter, normalise, resized
+from lungscope.training.engine import Progress, copy_state, run_epochs
+from lungscope.training.run_folder import RunFolder
 
 
 @dataclass
@@ -73,21 +74,47 @@ def _loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, masks) + (1 - soft_dice).mean()
 
 
+def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                 images: torch.Tensor, masks: torch.Tensor, batch_size: int) -> dict[str, float]:
+    """One pass over the training pairs in a random order, each pair jointly augmented; the mean loss per image."""
+    model.train()
+    augment, total = _augment(), 0.0
+    for batch in torch.randperm(len(images)).split(batch_size):
+        pairs = [augment(tv_tensors.Image(images[i]), tv_tensors.Mask(masks[i])) for i in batch]
+        x = torch.stack([image for image, _ in pairs])
+        y = torch.stack([mask for _, mask in pairs])
+        loss = _loss(model(normalise(x)), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += loss.item() * len(batch)
+    return {"train_loss": total / len(images)}
+
+
+@torch.inference_mode()
+def _validate(model: nn.Module, images: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
+    """The mean Dice of the raw (uncleaned) masks at the network's input size."""
+    predicted = model.eval()(normalise(images)) >= 0
+    return {"val_dice": float(np.mean([dice(p.numpy(), t.numpy()) for p, t in zip(predicted, masks >= 0.5)]))}
+
+
 def train_segmenter(
     images: str | os.PathLike[str], masks: str | os.PathLike[str], out: str | os.PathLike[str],
     config: SegmenterConfig | None = None, *, progress: bool | None = None,
 ) -> dict[str, Any]:
     """Train on a patient-grouped split of the image/mask pairs, keep the epoch with the best validation Dice, and
-    score it on the held-out test part. Writes ``OUT/best.pt`` (with the split's file names), ``OUT/split.csv``,
-    ``OUT/metrics.csv`` and ``OUT/summary.json``; returns the summary."""
+    score it on the held-out test part. Writes the run folder (:class:`~lungscope.training.run_folder.RunFolder`:
+    ``config.yaml``, ``metrics.csv``, ``best.pt`` with the split's file names, ``summary.json``), ``split.csv`` and
+    ``test_scores.csv``; returns the summary."""
     config = config or SegmenterConfig()
     get_spec(config.model)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(out)
+    folder.create(asdict(config))
     torch.manual_seed(config.seed)
     pairs = pair_files(images, masks)
     split = split_by_patient(pairs, val=config.val_fraction, test=config.test_fraction, seed=config.seed)
-    split.to_csv(out / "split.csv", index=False)
+    split.to_csv(folder.path / "split.csv", index=False)
     parts = {name: split[split["split"] == name] for name in ("train", "val", "test")}
     train_x, train_y = _load(parts["train"], config.image_size)
     val_x, val_y = _load(parts["val"], config.image_size)
@@ -95,44 +122,34 @@ def train_segmenter(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, epochs=config.epochs,
                                                     steps_per_epoch=-(-len(train_x) // config.batch_size))
-    augment, history, best, started = _augment(), [], -1.0, time.perf_counter()
-    state: dict[str, Any] = {}
-    for epoch in progress_bar(range(1, config.epochs + 1), desc="segmenter", unit="epoch", show=progress):
-        model.train()
-        total = 0.0
-        for batch in torch.randperm(len(train_x)).split(config.batch_size):
-            pairs_ = [augment(tv_tensors.Image(train_x[i]), tv_tensors.Mask(train_y[i])) for i in batch]
-            x = torch.stack([image for image, _ in pairs_])
-            y = torch.stack([mask for _, mask in pairs_])
-            loss = _loss(model(normalise(x)), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += loss.item() * len(batch)
-        model.eval()
-        with torch.inference_mode():
-            predicted = model(normalise(val_x)) >= 0
-        val_dice = float(np.mean([dice(p.numpy(), t.numpy()) for p, t in zip(predicted, val_y >= 0.5)]))
-        history.append({"epoch": epoch, "train_loss": total / len(train_x), "val_dice": val_dice,
-                        "seconds": round(time.perf_counter() - started, 1)})
-        pd.DataFrame(history).to_csv(out / "metrics.csv", index=False)  # each epoch: progress for a log reader
-        if val_dice > best:
-            best = val_dice
-            state = {"model": {k: v.clone() for k, v in model.state_dict().items()}, "epoch": epoch}
-    checkpoint = {
-        **state, "model_name": config.model, "model_options": config.model_options, "image_size": config.image_size,
-        "config": asdict(config), "val_dice": best,
-        "split": {name: [Path(p).name for p in part["image"]] for name, part in parts.items()},
-    }
-    save_checkpoint(checkpoint, out / "best.pt")
-    scores = mask_scores(LungSegmenter.load(out / "best.pt"), parts["test"])
-    scores.to_csv(out / "test_scores.csv", index=False)
+    started, best_state = time.perf_counter(), {}
+    folder.open_metrics(["epoch", "train_loss", "val_dice", "seconds"])
+    bar = progress_bar(total=config.epochs, desc="segmenter", unit="epoch", show=progress)
+
+    def record(row: dict[str, float], improved: bool) -> None:
+        folder.record(row)  # each epoch: progress for a log reader
+        bar.update(1)
+        if improved:
+            best_state.update(copy_state(model))
+
+    state = Progress()
+    run_epochs(state, config.epochs, record=record, monitor="val_dice", minimise=False,
+               train=lambda: _train_epoch(model, optimizer, scheduler, train_x, train_y, config.batch_size),
+               validate=lambda: _validate(model, val_x, val_y))
+    bar.close()
+    folder.save_best({
+        "model": best_state, "epoch": state.best_epoch, "model_name": config.model,
+        "model_options": config.model_options, "image_size": config.image_size, "config": asdict(config),
+        "val_dice": state.best, "split": {name: [Path(p).name for p in part["image"]] for name, part in parts.items()},
+    })
+    scores = mask_scores(LungSegmenter.load(folder.path / "best.pt"), parts["test"])
+    scores.to_csv(folder.path / "test_scores.csv", index=False)
     summary = {
-        "images": {name: len(part) for name, part in parts.items()}, "best_epoch": state["epoch"], "val_dice": best,
-        "test_dice_mean": float(scores["dice"].mean()), "test_dice_p5": float(scores["dice"].quantile(0.05)),
-        "test_iou_mean": float(scores["iou"].mean()), "test_iou_p5": float(scores["iou"].quantile(0.05)),
-        "seconds": round(time.perf_counter() - started, 1), "config": asdict(config),
+        "images": {name: len(part) for name, part in parts.items()}, "best_epoch": state.best_epoch,
+        "val_dice": state.best, "test_dice_mean": float(scores["dice"].mean()),
+        "test_dice_p5": float(scores["dice"].quantile(0.05)), "test_iou_mean": float(scores["iou"].mean()),
+        "test_iou_p5": float(scores["iou"].quantile(0.05)), "seconds": round(time.perf_counter() - started, 1),
+        "config": asdict(config),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    folder.write_summary(summary)
     return summary
