@@ -29,7 +29,7 @@ from lungscope.errors import ConfigError
 from lungscope.evaluation.evaluate import evaluate_run
 from lungscope.features import FeatureExtractor, extract_features
 from lungscope.inference import Classifier
-from lungscope.models import classifier_head, create_model, last_conv_layer
+from lungscope.models import classifier_head, create_model, gradcam_layer, last_conv_layer
 from lungscope.models.two_stage import dense_head
 from lungscope.training.head import (
     HeadConfig,
@@ -104,6 +104,27 @@ def test_two_stage_named_layer_is_its_output_averaged_over_space() -> None:
     assert model.head[0].in_features == 256
     with pytest.raises(ConfigError, match="no layer 'layer9'.*layer3"):
         create_model("two-stage", layer="layer9")
+
+
+def test_two_stage_cuts_a_network_torch_fx_cannot_trace() -> None:
+    """cxr-resnet branches on tensors (fx cannot trace it): a hook stops the forward pass at the layer, the layers
+    after it are dropped from the state, and Grad-CAM takes the last convolution kept, not the dropped maps."""
+    torch.manual_seed(0)
+    options = {"width": 8, "blocks": (1, 1, 1, 1)}
+    trained = create_model("cxr-resnet", num_classes=2, **options).eval()
+    model = create_model("two-stage", num_classes=3, backbone="cxr-resnet", backbone_options=options,
+                         layer="features.5", hidden=[]).eval()
+    model.load_backbone(trained.state_dict(), source="test")
+    seen: list[torch.Tensor] = []
+    trained.get_submodule("features.5").register_forward_hook(lambda module, inputs, output: seen.append(output))
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        trained(x)
+        features = model.backbone(x)
+    assert torch.allclose(features, seen[0].mean(dim=(2, 3)), atol=1e-6) and features.shape[1] == 16
+    assert not any(key.startswith(("backbone.body.features.6", "backbone.body.fc")) for key in model.state_dict())
+    name, _ = gradcam_layer(model)
+    assert name == last_conv_layer(model)[0] and name.startswith("backbone.body.features.5.")
 
 
 def test_layer_recorded_in_the_features_file_maps_to_the_model_option() -> None:

@@ -79,6 +79,9 @@ class LayerOutput(nn.Module):
             if name and name not in before and not any(name.startswith(f"{d}.") for d in dropped):
                 dropped.append(name)
                 self.body.set_submodule(name, nn.Identity())
+        target = getattr(self.body, "gradcam_layer", None)  # see models.layers.gradcam_layer
+        if isinstance(target, str) and any(target == d or target.startswith(f"{d}.") for d in dropped):
+            object.__setattr__(self.body, "gradcam_layer", None)  # its maps are cut off: Grad-CAM takes the last conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._traced:
