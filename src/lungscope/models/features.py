@@ -40,6 +40,25 @@ class _Reached(Exception):  # noqa: N818 - not an error: it stops a forward pass
         self.output = output
 
 
+def _modules_before(body: nn.Module, layer: str, example: torch.Tensor) -> set[str]:
+    """The modules of ``body`` that start before its module ``layer`` ends, in one forward pass of ``example``;
+    a layer that does not run exactly once is refused."""
+    started: list[str] = []
+    reached: list[int] = []  # len(started) each time the layer finishes
+    handles = [module.register_forward_pre_hook(lambda *_, name=name: started.append(name))
+               for name, module in body.named_modules() if name]
+    handles.append(body.get_submodule(layer).register_forward_hook(lambda *_: reached.append(len(started))))
+    try:
+        with torch.no_grad():
+            body(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if len(reached) != 1:
+        raise ConfigError(f"layer {layer!r} runs {len(reached)} times per forward pass: pick another layer")
+    return set(started[: reached[0]])
+
+
 class LayerOutput(nn.Module):
     """:func:`pooled` output of the module ``layer`` of ``body``; the modules that would run after it are gone
     (a torch.fx graph of the modules before it, or ``body`` with the later modules replaced by the identity)."""
@@ -49,31 +68,18 @@ class LayerOutput(nn.Module):
         names = [name for name, _ in body.named_modules() if name]
         if layer not in names:
             raise ConfigError(f"{type(body).__name__} has no layer {layer!r}; its layers are: {', '.join(names)}")
-        self.layer, training = layer, body.training
+        self.layer = layer
+        before = _modules_before(body, layer, example)
+        training = body.training
         try:
             self.body: nn.Module = create_feature_extractor(body, return_nodes={layer: "features"})
             self._traced = True
         except (TraceError, ValueError):  # control flow on tensors; a layer FX does not keep as a node
             self.body, self._traced = body.train(training), False  # a failed trace may leave it in train mode
-            self._drop_after(example)
+            self._drop_after(before)
 
-    def _drop_after(self, example: torch.Tensor) -> None:
-        """Run ``example`` once; replace every module that first runs after the layer (or never) by the identity."""
-        started: list[str] = []
-        reached: list[int] = []  # len(started) each time the layer finishes
-        handles = [module.register_forward_pre_hook(lambda *_, name=name: started.append(name))
-                   for name, module in self.body.named_modules() if name]
-        handles.append(self.body.get_submodule(self.layer).register_forward_hook(
-            lambda *_: reached.append(len(started))))
-        try:
-            with torch.no_grad():
-                self.body(example)
-        finally:
-            for handle in handles:
-                handle.remove()
-        if len(reached) != 1:
-            raise ConfigError(f"layer {self.layer!r} runs {len(reached)} times per forward pass: pick another layer")
-        before = set(started[: reached[0]])
+    def _drop_after(self, before: set[str]) -> None:
+        """Replace every module not in ``before`` (that runs after the layer, or never) by the identity."""
         dropped: list[str] = []
         for name, _ in list(self.body.named_modules()):
             if name and name not in before and not any(name.startswith(f"{d}.") for d in dropped):
