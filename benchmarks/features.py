@@ -38,9 +38,10 @@ def random_run(model: str, image_size: int, folder: Path) -> Path:
     """A run folder holding a randomly initialised model: what Classifier.load reads, no training, no download."""
     run = folder / f"{model}-random"
     run.mkdir()
-    config = TrainConfig(model=model, image_size=image_size).to_dict()
-    state = {"model": create_model(model, num_classes=2).state_dict(), "config": config,
-             "classes": ["NORMAL", "PNEUMONIA"], "image_size": image_size}
+    config = TrainConfig(model=model, image_size=image_size)
+    state = {"model": create_model(model, num_classes=2).state_dict(), "config": config.to_dict(),
+             "classes": ["NORMAL", "PNEUMONIA"], "image_size": image_size,
+             "preprocessing": config.preprocessing(image_size).to_dict()}
     save_checkpoint(state, run / "best.pt")
     return run
 

@@ -31,7 +31,7 @@ import torch
 from lungscope.checkpoint import load_checkpoint
 from lungscope.data.io import read_image
 from lungscope.segmentation import DEFAULT_SEGMENTER, LungSegmenter
-from lungscope.segmentation.train import mask_scores
+from lungscope.segmentation.files import mask_scores
 
 RESULTS = Path(__file__).parent / "results" / "segmentation.md"
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lung_masks"

@@ -22,13 +22,14 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from lungscope.cli import main
+from lungscope.data.io import read_image
 from lungscope.data.labels import label_for
 from lungscope.data.splits import load_manifest
 from lungscope.errors import ConfigError
 from lungscope.evaluation.evaluate import evaluate_run
-from lungscope.features import FeatureWriter, extract_features, read_features
+from lungscope.features import FeatureExtractor, extract_features
 from lungscope.inference import Classifier
-from lungscope.models import classifier_head, create_model, last_conv_layer
+from lungscope.models import classifier_head, create_model, gradcam_layer, last_conv_layer
 from lungscope.models.two_stage import dense_head
 from lungscope.training.head import (
     HeadConfig,
@@ -38,6 +39,7 @@ from lungscope.training.head import (
     fit_dense_head,
     train_head,
 )
+from lungscope.training.run_folder import RunFolder
 
 LAYER = "features.2"  # shallow-cnn's pooled 64-channel map: small vectors keep the real run quick
 
@@ -104,6 +106,27 @@ def test_two_stage_named_layer_is_its_output_averaged_over_space() -> None:
         create_model("two-stage", layer="layer9")
 
 
+def test_two_stage_cuts_a_network_torch_fx_cannot_trace() -> None:
+    """cxr-resnet branches on tensors (fx cannot trace it): a hook stops the forward pass at the layer, the layers
+    after it are dropped from the state, and Grad-CAM takes the last convolution kept, not the dropped maps."""
+    torch.manual_seed(0)
+    options = {"width": 8, "blocks": (1, 1, 1, 1)}
+    trained = create_model("cxr-resnet", num_classes=2, **options).eval()
+    model = create_model("two-stage", num_classes=3, backbone="cxr-resnet", backbone_options=options,
+                         layer="features.5", hidden=[]).eval()
+    model.load_backbone(trained.state_dict(), source="test")
+    seen: list[torch.Tensor] = []
+    trained.get_submodule("features.5").register_forward_hook(lambda module, inputs, output: seen.append(output))
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        trained(x)
+        features = model.backbone(x)
+    assert torch.allclose(features, seen[0].mean(dim=(2, 3)), atol=1e-6) and features.shape[1] == 16
+    assert not any(key.startswith(("backbone.body.features.6", "backbone.body.fc")) for key in model.state_dict())
+    name, _ = gradcam_layer(model)
+    assert name == last_conv_layer(model)[0] and name.startswith("backbone.body.features.5.")
+
+
 def test_layer_recorded_in_the_features_file_maps_to_the_model_option() -> None:
     assert _layer_option("fc:input", "resnet18", {}) is None
     assert _layer_option("classifier.0:input", "shallow-cnn", {}) is None
@@ -134,7 +157,7 @@ def test_dense_head_learns_keeps_its_best_epoch_and_stops_early(tmp_path: Path) 
     x, y = _blobs(600, 3, seed=2)
     train, val, test = _rows(x[:400], y[:400]), _rows(x[400:500], y[400:500]), _rows(x[500:], y[500:])
     config = HeadConfig(hidden=[16], dropout=0.2, epochs=500, patience=5)
-    head, fit = fit_dense_head(train, val, 3, config, tmp_path / "metrics.csv", progress=False)
+    head, fit = fit_dense_head(train, val, 3, config, RunFolder(tmp_path), progress=False)
     history = pd.read_csv(tmp_path / "metrics.csv")
     assert fit["epochs_run"] < 500 and fit["epochs_run"] - fit["best_epoch"] == 5 == len(history) - fit["best_epoch"]
     assert fit["val_loss"] == pytest.approx(history["val_loss"].min(), rel=1e-5)
@@ -217,15 +240,22 @@ def test_two_stage_run_predicts_and_explains(head_run: Path, tmp_path: Path,
     assert gradcam.shape[-2:] == (64, 64) and np.abs(gradcam).max() > 0
 
 
-def test_features_of_another_model_are_refused(features: Path, tmp_path: Path) -> None:
-    frame, metadata = read_features(features)
-    rng = np.random.default_rng(0)
-    frame["features"] = [None if v is None else rng.random(64).astype(np.float32) for v in frame["features"]]
-    with FeatureWriter(tmp_path / "other.parquet", metadata) as writer:
-        writer.write_rows(frame.to_dict("records"))
-    with pytest.raises(ConfigError, match="do not match the backbone"):
-        train_head(HeadConfig(features=str(tmp_path / "other.parquet"), out=str(tmp_path / "run"), epochs=2,
-                              n_resamples=10), progress=False)
+@pytest.mark.parametrize("layer", [None, LAYER])
+def test_two_stage_backbone_gives_the_extractors_features(quick_run: Path, chest_xray: Path, layer: str | None) -> None:
+    """The two-stage model reads its backbone's layer as ``lungscope features`` did: the same vectors of real
+    images (so a head trained on the file classifies the model's own features); the classifier stays whole."""
+    classifier = Classifier.load(quick_run)
+    extractor = FeatureExtractor(classifier, layer)
+    model = create_model("two-stage", num_classes=3, backbone="shallow-cnn", hidden=[8],
+                         layer=_layer_option(extractor.layer, "shallow-cnn", {})).eval()
+    model.load_backbone(classifier.model.state_dict(), source=str(quick_run))
+    paths = [str(p) for p in sorted((chest_xray / "train" / "PNEUMONIA").iterdir())[:4]]
+    batch = torch.stack([classifier.transform(read_image(path).pixels) for path in paths])
+    with torch.no_grad():
+        computed = model.backbone(batch).numpy()
+        assert classifier.model(batch).shape == (4, 2)
+    extracted = np.stack([row["features"] for row in extractor.extract_files(paths)])
+    assert computed.shape == (4, extractor.feature_dim) and np.allclose(computed, extracted, atol=1e-5)
 
 
 def test_wrong_labels_and_an_existing_run_are_refused(features: Path, head_run: Path, tmp_path: Path) -> None:
@@ -260,7 +290,7 @@ def test_two_stage_model_keeps_its_backbones_preprocessing(quick_run: Path, tmp_
     backbone = tmp_path / "backbone"
     shutil.copytree(quick_run, backbone)
     state = torch.load(backbone / "best.pt", weights_only=True)
-    state["config"] = {**state["config"], "roi": "lungs", "roi_margin": 0.07, "clahe": True}
+    state["preprocessing"] = {**state["preprocessing"], "roi": "lungs", "roi_margin": 0.07, "clahe": True}
     torch.save(state, backbone / "best.pt")
     split = load_manifest(backbone / "split.csv")
     split["label"] = [label_for(p, "three-class") for p in split["path"]]
@@ -271,5 +301,6 @@ def test_two_stage_model_keeps_its_backbones_preprocessing(quick_run: Path, tmp_
     train_head(HeadConfig(features=str(tmp_path / "f.parquet"), out=str(out), hidden=[4], epochs=2, n_resamples=20),
                progress=False)
     head = Classifier.load(out)
+    assert head.preprocessing == Classifier.load(backbone).preprocessing
     assert (head.config["roi"], head.config["roi_margin"], head.config["clahe"]) == ("lungs", 0.07, True)
     assert head.roi is not None and head.roi.margin == 0.07

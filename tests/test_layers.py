@@ -204,7 +204,8 @@ def test_data_layer_needs_no_segmenter() -> None:
     """The data layer loads nothing above it; ``roi: lungs`` crops once segmentation has registered its crop."""
     code = """from lungscope.data.transforms import build_preprocess
 from lungscope.errors import ConfigError
-loaded = sorted(m for m in sys.modules if m.startswith("lungscope.") and m.split(".")[1] not in ("data", "errors", "options"))
+loaded = sorted(m for m in sys.modules
+                if m.startswith("lungscope.") and m.split(".")[1] not in ("data", "errors", "options"))
 try:
     build_preprocess(64, roi="lungs")
 except ConfigError as error:

@@ -29,8 +29,8 @@ from lungscope.segmentation import (
     iou,
     lung_box,
 )
-from lungscope.segmentation.train import SegmenterConfig, train_segmenter
 from lungscope.training import TrainConfig, train
+from lungscope.training.segmenter import SegmenterConfig, train_segmenter
 
 
 def _held_out(lung_masks: Path, n: int) -> list[str]:

@@ -44,6 +44,8 @@ def test_run_folder(chest_xray: Path, tmp_path: Path) -> None:
     assert (sides == 1).all(), "a patient on two sides of the split"
     best = torch.load(run / "best.pt", weights_only=True)
     assert best["classes"] == ["NORMAL", "PNEUMONIA"] and best["config"]["model"] == "shallow-cnn"
+    assert best["preprocessing"] == {"image_size": 64, "resize": "squash", "clahe": False, "roi": "none",
+                                     "roi_margin": 0.05, "normalise": "fixed"}  # shallow-cnn's size, the defaults
     model = create_model("shallow-cnn")
     model.load_state_dict(best["model"])
     assert json.loads((run / "summary.json").read_text())["best_epoch"] == summary["best_epoch"]

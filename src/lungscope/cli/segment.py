@@ -35,7 +35,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train_segmenter(args: argparse.Namespace) -> int:
-    from lungscope.segmentation.train import SegmenterConfig, train_segmenter
+    from lungscope.training.segmenter import SegmenterConfig, train_segmenter
 
     config = SegmenterConfig(image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              seed=args.seed)
@@ -48,7 +48,8 @@ def _add_train_segmenter(sub: argparse._SubParsersAction) -> None:
         "train-segmenter", help="train a lung U-Net on X-rays and binary lung masks of the same file names",
         description="Train the lung-unet on a patient-grouped split of IMAGES/MASKS pairs (masks: 0 background, "
         "255 lung), keep the epoch with the best validation Dice, and report Dice and IoU on the held-out part. "
-        "Writes OUT/best.pt (usable by segment --model and roi: lungs), split.csv, metrics.csv, summary.json.",
+        "Writes OUT/best.pt (usable by segment --model and roi: lungs), config.yaml, split.csv, metrics.csv, "
+        "summary.json.",
     )
     p.add_argument("images", type=Path, metavar="IMAGES", help="folder of X-rays")
     p.add_argument("masks", type=Path, metavar="MASKS", help="folder of lung masks named as the X-rays")

@@ -11,6 +11,7 @@ import pandas as pd
 
 from lungscope.checkpoint import load_checkpoint, save_checkpoint
 from lungscope.data.labels import decide
+from lungscope.data.transforms import Preprocessing
 from lungscope.errors import ConfigError
 from lungscope.evaluation.calibration import expected_calibration_error, fit_temperature, fit_temperature_and_bias
 from lungscope.evaluation.threshold import choose_threshold
@@ -76,6 +77,8 @@ def store_operating_point(run_dir: str | Path, point: dict[str, Any]) -> None:
     best = load_checkpoint(run_dir / "best.pt")
     keys = ("calibration", "temperature", "bias", "threshold", "threshold_calibrated", "rule")
     best["operating_point"] = {k: point[k] for k in keys}
+    # a run written before checkpoints carried their preprocessing gains the entry as it is saved again
+    best["preprocessing"] = Preprocessing.of_checkpoint(best).to_dict()
     save_checkpoint(best, run_dir / "best.pt")
 
 

@@ -8,7 +8,7 @@ The file's contract (columns and the ``lungscope`` schema metadata) is in :mod:`
 """
 
 from lungscope.features.api import FeaturesRun, extract_features, feature_inputs
-from lungscope.features.extract import FeatureExtractor, feature_layer
+from lungscope.features.extract import FeatureExtractor
 from lungscope.features.parquet import (
     METADATA_KEY,
     SCHEMA,
@@ -25,7 +25,6 @@ __all__ = [
     "FeaturesRun",
     "extract_features",
     "feature_inputs",
-    "feature_layer",
     "read_features",
     "read_metadata",
 ]

@@ -12,10 +12,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models.feature_extraction import create_feature_extractor
 
 from lungscope.errors import ConfigError
-from lungscope.models.layers import named_classifier_head
+from lungscope.models.features import LayerOutput, features_at
 from lungscope.models.registry import create_model, get_spec, register_model
 
 DEFAULT_BACKBONE = "resnet18"
@@ -54,7 +53,7 @@ class TwoStage(nn.Module):
 
     def load_backbone(self, state: dict[str, torch.Tensor], *, source: str) -> None:
         """Load a trained registry model's weights into the backbone; its layers after the cut are not needed."""
-        target = self.backbone.body if isinstance(self.backbone, _PooledLayer) else self.backbone
+        target = self.backbone.body if isinstance(self.backbone, LayerOutput) else self.backbone
         wanted = target.state_dict()
         if missing := [key for key in wanted if key not in state]:
             raise ConfigError(f"{source} does not fit the backbone: missing {', '.join(missing[:3])}")
@@ -64,39 +63,15 @@ class TwoStage(nn.Module):
             raise ConfigError(f"{source} does not fit the backbone: {str(error).splitlines()[-1].strip()}") from None
 
 
-class _PooledLayer(nn.Module):
-    """The output of one named layer of a network (the layers after it are not run), averaged over space when 4-D."""
-
-    def __init__(self, model: nn.Module, layer: str) -> None:
-        super().__init__()
-        names = [name for name, _ in model.named_modules() if name]
-        if layer not in names:
-            raise ConfigError(f"no layer {layer!r} in the backbone; its layers: {', '.join(names)}")
-        self.body = create_feature_extractor(model, return_nodes={layer: "features"})
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.body(x)["features"]
-        return features.mean(dim=(2, 3)) if features.dim() == 4 else features.flatten(1)
-
-
 def feature_backbone(
     name: str, in_channels: int = 1, options: dict[str, Any] | None = None, layer: str | None = None
 ) -> tuple[nn.Module, int]:
-    """The registry network ``name`` cut to give features, and their length.
-
-    ``layer=None``: the input of its final Linear (the penultimate features: the Linear becomes the identity);
-    otherwise the output of that named module, globally average-pooled when it is a feature map.
-    """
+    """The registry network ``name`` cut to give features at ``layer`` (see :func:`features_at`), and their
+    length."""
     model = create_model(name, num_classes=2, in_channels=in_channels, **(options or {}))
-    if layer is None:
-        head_name, head = named_classifier_head(model)
-        model.set_submodule(head_name, nn.Identity())
-        return model, head.in_features
-    body = _PooledLayer(model, layer)
     size = get_spec(name).input_size
-    with torch.no_grad():  # the length of a named layer's features: one forward pass (on meta, shapes only)
-        dim = body(torch.zeros(1, in_channels, size, size, device=next(model.parameters()).device)).shape[1]
-    return body, int(dim)
+    example = torch.zeros(1, in_channels, size, size, device=next(model.parameters()).device)
+    return features_at(model, layer, example)
 
 
 @register_model(

@@ -1,5 +1,6 @@
-"""``lungscope segment``: lung masks and overlays of X-ray files, at the size they are read at (each file's own
-size up to :data:`~lungscope.data.io.WORKING_SIDE` pixels on the longest side)."""
+"""Files of lung masks: ``lungscope segment``'s masks and overlays of X-ray files, at the size they are read at (each
+file's own size up to :data:`~lungscope.data.io.WORKING_SIDE` pixels on the longest side); X-rays paired with their
+true masks, and a segmenter's scores on them."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ from typing import Any
 
 import cv2
 import numpy as np
+import pandas as pd
 
-from lungscope.data.datasets import collect_inputs
+from lungscope.data.datasets import collect_inputs, find_images
 from lungscope.data.io import read_image
+from lungscope.data.labels import label_for, patient_id
 from lungscope.data.naming import unique_stems
-from lungscope.errors import ImageReadError
+from lungscope.errors import DatasetError, ImageReadError
 from lungscope.progress import progress_bar
+from lungscope.segmentation.masks import dice, iou
 from lungscope.segmentation.segmenter import LungSegmenter
 
 LUNG_TINT = np.array([0.2, 0.9, 0.3])  # green: the lung fields on the overlay
@@ -67,3 +71,28 @@ def segment_files(
         written.append(str(mask_png))
         fractions[path] = float(mask.mean())
     return {"written": written, "lung_fraction": fractions, "failed": failed}
+
+
+def pair_files(images: str | os.PathLike[str], masks: str | os.PathLike[str]) -> pd.DataFrame:
+    """``image``, ``mask``, ``patient_id``, ``label`` for every image of ``images`` with a mask of the same name in
+    ``masks``."""
+    images, masks = Path(images), Path(masks)
+    for folder in (images, masks):
+        if not folder.is_dir():
+            raise DatasetError(f"{folder}: no such folder")
+    rows = [{"image": str(path), "mask": str(masks / path.name), "patient_id": patient_id(path) or path.stem,
+             "label": label_for(path, "tb") or "unknown"}  # the split keeps TB and normal shares alike
+            for path in find_images(images)[0] if (masks / path.name).is_file()]
+    if not rows:
+        raise DatasetError(f"{images}: no image has a mask of the same name in {masks}")
+    return pd.DataFrame(rows)
+
+
+def mask_scores(segmenter: LungSegmenter, frame: pd.DataFrame) -> pd.DataFrame:
+    """Dice and IoU of the segmenter's cleaned masks against the true masks, at each image's own resolution."""
+    rows = []
+    for image_path, mask_path in zip(frame["image"], frame["mask"]):
+        truth = read_image(mask_path).pixels >= 0.5
+        predicted = segmenter.mask(read_image(image_path).pixels)
+        rows.append({"image": image_path, "dice": dice(predicted, truth), "iou": iou(predicted, truth)})
+    return pd.DataFrame(rows)

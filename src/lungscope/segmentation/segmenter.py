@@ -46,7 +46,7 @@ class LungSegmenter:
 
     @classmethod
     def load(cls, source: str | os.PathLike[str] = "default") -> LungSegmenter:
-        """From a checkpoint written by :func:`lungscope.segmentation.train.train_segmenter` (or its run folder's
+        """From a checkpoint written by :func:`lungscope.training.segmenter.train_segmenter` (or its run folder's
         ``best.pt``), or ``"default"``: the bundled lung U-Net. Loaded with ``weights_only=True``."""
         path = DEFAULT_SEGMENTER if str(source) == "default" else Path(source)
         state = load_checkpoint(path / "best.pt" if path.is_dir() else path, kind="segmenter")

@@ -1,7 +1,7 @@
 """Training: the config, the epoch loop, checkpoints and run folders, cross-validation.
 
 Hyper-parameter search is :mod:`lungscope.training.tune` (it imports Optuna), the head on extracted features
-:mod:`lungscope.training.head`.
+:mod:`lungscope.training.head`, the lung segmenter :mod:`lungscope.training.segmenter`.
 """
 
 from lungscope.training.config import TrainConfig

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from lungscope.data.labels import LABEL_SCHEMES
-from lungscope.data.transforms import AugmentConfig, preprocessing_option
+from lungscope.data.transforms import PREPROCESSING_KEYS, AugmentConfig, Preprocessing, preprocessing_option
 from lungscope.errors import ConfigError
 from lungscope.evaluation.operating import CALIBRATIONS, DEFAULT_CALIBRATION
 from lungscope.options import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Range, check_options, option
@@ -95,6 +95,10 @@ class TrainConfig:
         """The typed augmentation this run trains with."""
         return AugmentConfig.from_dict(self.augmentation)
 
+    def preprocessing(self, image_size: int) -> Preprocessing:
+        """The preprocessing this run's model takes, at ``image_size`` (the model's own when the config has none)."""
+        return Preprocessing(image_size, **{key: getattr(self, key) for key in PREPROCESSING_KEYS})
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from a mapping, naming any unknown key."""
@@ -124,6 +128,3 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    def to_yaml(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))

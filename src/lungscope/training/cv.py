@@ -32,7 +32,7 @@ from lungscope.checkpoint import load_checkpoint
 from lungscope.data.datasets import scan_dataset
 from lungscope.data.labels import classes_for
 from lungscope.data.splits import kfold_by_patient, save_manifest, split_by_patient, subsample_by_patient
-from lungscope.data.transforms import build_augment_normalise, build_preprocess
+from lungscope.data.transforms import Preprocessing
 from lungscope.device import select_device
 from lungscope.errors import ConfigError, DatasetError
 from lungscope.evaluation.bootstrap import patient_bootstrap
@@ -126,11 +126,10 @@ def score_with_run(run: Path, rows: pd.DataFrame, *, progress: bool | None = Non
     config = TrainConfig.from_dict(best["config"])
     model = create_model(config.model, num_classes=len(best["classes"]), **config.model_options)
     model.load_state_dict(best["model"])
-    size = best["image_size"]
-    preprocess = build_preprocess(size, resize=config.resize, clahe=config.clahe, roi=config.roi,
-                                  roi_margin=config.roi_margin)
-    images, kept, _ = preload(rows["path"].tolist(), preprocess, show=progress, desc=f"score {run.name}")
-    transform = build_augment_normalise(train=False, normalise=config.normalise, size=size)
+    preprocessing = Preprocessing.of_checkpoint(best)
+    images, kept, _ = preload(rows["path"].tolist(), preprocessing.preprocess(), show=progress,
+                              desc=f"score {run.name}")
+    transform = preprocessing.augment_normalise()
     loader = DataLoader(AugmentedImages(images, [0] * len(kept), transform), batch_size=64)
     device = select_device(config.device)
     probabilities, _ = predict(model.to(device), loader, device)

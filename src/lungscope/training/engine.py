@@ -1,8 +1,12 @@
-"""One epoch of training and one pass of prediction: a plain loop in the style of torchvision's reference script."""
+"""The epoch loop every trainer runs (:func:`run_epochs`), one epoch of training and one pass of prediction: plain
+loops in the style of torchvision's reference script."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -14,6 +18,67 @@ from tqdm.auto import tqdm
 from lungscope.data.labels import decide
 from lungscope.training.distributed import gather_rows, sum_over_ranks
 from lungscope.training.lung_focus import GradCamOutsideLungs
+
+
+@dataclass
+class Progress:
+    """What the loop carries from epoch to epoch (and a ``last.pt`` restores)."""
+
+    epoch: int = 0  # epochs completed
+    best: float = math.nan  # the best value of the monitored metric
+    best_epoch: int = 0
+    bad_epochs: int = 0  # epochs since the best
+    seconds: float = 0.0  # of training, over every run of it (a resumed one too)
+
+
+def improved(value: float, best: float, minimise: bool) -> bool:
+    """Whether ``value`` beats ``best``: the first value always (``best`` NaN), a NaN never."""
+    if math.isnan(best):
+        return True
+    if math.isnan(value):
+        return False
+    return value < best if minimise else value > best
+
+
+def run_epochs(
+    progress: Progress,
+    epochs: int,
+    *,
+    train: Callable[[], dict[str, float]],
+    validate: Callable[[], dict[str, float]],
+    record: Callable[[dict[str, float], bool], None],
+    monitor: str,
+    minimise: bool,
+    patience: int = 0,
+    start: Callable[[int], None] | None = None,
+) -> bool:
+    """Run the epochs after ``progress.epoch`` up to ``epochs``, updating ``progress``: per epoch ``start(epoch)``
+    (0-based), ``train()`` (``train_*`` metrics), ``validate()`` (``val_*`` metrics, ``monitor`` among them), then
+    ``record(row, improved)`` with the epoch's row (``epoch``, the metrics, ``seconds``) and whether ``monitor`` is
+    the best yet. Returns True when stopped early: ``patience`` epochs (0: never) without a better ``monitor``."""
+    started = time.perf_counter() - progress.seconds
+    for epoch in range(progress.epoch, epochs):
+        if start is not None:
+            start(epoch)
+        epoch_start = time.perf_counter()
+        row: dict[str, float] = {"epoch": epoch + 1, **train(), **validate()}
+        better = improved(row[monitor], progress.best, minimise)
+        progress.epoch = epoch + 1
+        if better:
+            progress.best, progress.best_epoch, progress.bad_epochs = row[monitor], epoch + 1, 0
+        else:
+            progress.bad_epochs += 1
+        row["seconds"] = time.perf_counter() - epoch_start
+        progress.seconds = time.perf_counter() - started
+        record(row, better)
+        if patience and progress.bad_epochs >= patience:
+            return True
+    return False
+
+
+def copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``model``'s weights, as they are now (training goes on changing the model's)."""
+    return {key: value.clone() for key, value in model.state_dict().items()}
 
 
 def _autocast(device: torch.device) -> torch.autocast:

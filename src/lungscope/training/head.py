@@ -18,20 +18,15 @@ or a given manifest's; without either, a new patient-grouped split.
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 import os
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
@@ -41,11 +36,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lungscope.bundled import bundled_model
 from lungscope.checkpoint import save_checkpoint
-from lungscope.data.io import read_image
 from lungscope.data.labels import LABEL_SCHEMES, classes_for
 from lungscope.data.splits import load_manifest, save_manifest, split_by_patient
-from lungscope.data.transforms import PREPROCESSING_KEYS
-from lungscope.errors import ConfigError, DatasetError, ImageReadError
+from lungscope.data.transforms import Preprocessing
+from lungscope.errors import ConfigError, DatasetError
 from lungscope.evaluation.evaluate import metrics_with_ci
 from lungscope.evaluation.operating import operating_point, store_operating_point
 from lungscope.evaluation.plots import plot_curves
@@ -61,11 +55,11 @@ from lungscope.models.two_stage import (
 )
 from lungscope.options import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, check_options, option
 from lungscope.progress import progress_bar
-from lungscope.training.engine import predict, train_one_epoch, validation_metrics
+from lungscope.training.engine import Progress, copy_state, predict, run_epochs, train_one_epoch, validation_metrics
+from lungscope.training.run_folder import RunFolder
 from lungscope.training.trainer import METRIC_COLUMNS
 
 SPLITS = ("train", "val", "test")
-_CHECKED_ROWS = 4  # rows whose stored vectors are recomputed from their images: the features match the model
 
 
 @dataclass
@@ -164,9 +158,10 @@ def _loader(x: np.ndarray, y: np.ndarray, batch_size: int, generator: torch.Gene
 
 
 def fit_dense_head(
-    train: _Rows, val: _Rows, n_classes: int, config: HeadConfig, metrics_csv: Path, progress: bool | None = None
+    train: _Rows, val: _Rows, n_classes: int, config: HeadConfig, folder: RunFolder, progress: bool | None = None
 ) -> tuple[nn.Sequential, dict[str, Any]]:
-    """The dense head at its lowest validation loss, taking raw features; and how training went."""
+    """The dense head at its lowest validation loss, taking raw features; and how training went (a row per epoch in
+    ``folder``'s ``metrics.csv``)."""
     scaler = StandardScaler().fit(train.x)
     x_train, x_val = scaler.transform(train.x).astype(np.float32), scaler.transform(val.x).astype(np.float32)
     torch.manual_seed(config.seed)
@@ -177,26 +172,23 @@ def fit_dense_head(
     generator = torch.Generator().manual_seed(config.seed)
     train_loader = _loader(x_train, train.y, config.batch_size, generator)
     val_loader = _loader(x_val, val.y, 1024)
-    best, best_epoch, best_state = math.inf, 0, None
-    metrics_csv.write_text(",".join(METRIC_COLUMNS) + "\n")
+    folder.open_metrics(METRIC_COLUMNS)
+    best_state: dict[str, torch.Tensor] = {}
     bar = progress_bar(total=config.epochs * len(train_loader), desc="train dense head", unit="batch", show=progress)
-    for epoch in range(1, config.epochs + 1):
-        started = time.perf_counter()
-        trained = train_one_epoch(head, train_loader, criterion, optimizer, device, scaler_amp, bar)
-        metrics = validation_metrics(*predict(head, val_loader, device))
-        with metrics_csv.open("a", newline="") as handle:
-            row = {"epoch": epoch, **trained, **metrics, "lr": config.lr,
-                   "seconds": time.perf_counter() - started}
-            csv.DictWriter(handle, METRIC_COLUMNS).writerow({k: f"{v:.6g}" for k, v in row.items()})
-        if metrics["val_loss"] < best:
-            best, best_epoch = metrics["val_loss"], epoch
-            best_state = {k: v.clone() for k, v in head.state_dict().items()}
-        elif epoch - best_epoch >= config.patience:
-            break
+
+    def record(row: dict[str, float], improved: bool) -> None:
+        folder.record({**row, "lr": config.lr})
+        if improved:
+            best_state.update(copy_state(head))
+
+    state = Progress()
+    run_epochs(state, config.epochs, record=record, monitor="val_loss", minimise=True, patience=config.patience,
+               train=lambda: train_one_epoch(head, train_loader, criterion, optimizer, device, scaler_amp, bar),
+               validate=lambda: validation_metrics(*predict(head, val_loader, device)))
     bar.close()
-    head.load_state_dict(cast(dict[str, torch.Tensor], best_state))  # set by the first epoch (its loss is below inf)
+    head.load_state_dict(best_state)  # set by the first epoch
     _fold(cast(nn.Linear, head[0]), scaler)
-    return head.eval(), {"best_epoch": best_epoch, "epochs_run": epoch, "val_loss": best}
+    return head.eval(), {"best_epoch": state.best_epoch, "epochs_run": state.epoch, "val_loss": state.best}
 
 
 def fit_baseline(train: _Rows, val: _Rows, n_classes: int, config: HeadConfig) -> tuple[nn.Sequential, dict[str, Any]]:
@@ -243,40 +235,17 @@ def _measure(head: nn.Module, rows: _Rows, classes: list[str], threshold: float 
     return report
 
 
-def _check_vectors(model: TwoStage, classifier: Classifier, rows: _Rows) -> None:
-    """Recompute a few rows' vectors from their images: the features file must be this backbone's, at this layer."""
-    images, stored = [], []
-    for path, vector in zip(rows.frame["path"], rows.x):
-        try:
-            images.append(classifier.transform(read_image(path).pixels))
-        except ImageReadError:
-            continue  # moved or changed since the extraction: other rows decide
-        stored.append(vector)
-        if len(images) == _CHECKED_ROWS:
-            break
-    if not images:
-        return
-    with torch.no_grad():
-        computed = model.eval().backbone(torch.stack(images)).numpy()
-    expected = np.stack(stored)
-    if not np.allclose(computed, expected, rtol=1e-3, atol=1e-3 * (np.abs(expected).max() + 1e-6)):
-        raise ConfigError("the features do not match the backbone run's model at their layer (max difference "
-                          f"{np.abs(computed - expected).max():.3g}): re-extract them with `lungscope features`")
-
-
-def _checkpoint(model: TwoStage, config: dict[str, Any], classes: list[str], image_size: int,
+def _checkpoint(model: TwoStage, config: dict[str, Any], classes: list[str], preprocessing: Preprocessing,
                 extra: dict[str, Any]) -> dict[str, Any]:
-    return {"model": model.state_dict(), "config": config, "classes": classes, "image_size": image_size, **extra}
+    return {"model": model.state_dict(), "config": config, "classes": classes,
+            "image_size": preprocessing.image_size, "preprocessing": preprocessing.to_dict(), **extra}
 
 
 def train_head(config: HeadConfig, *, progress: bool | None = None) -> dict[str, Any]:
     """Fit both heads, build their two-stage models and write the run folder; returns ``summary.json``'s content."""
     started = time.perf_counter()
-    if not config.out:
-        raise ConfigError("an output folder (--out RUN_DIR) is required")
-    out = Path(config.out)
-    if (out / "best.pt").exists():
-        raise ConfigError(f"{out} already holds a run; choose another --out")
+    folder = RunFolder(config.out)
+    out = folder.path
     frame, meta = read_features(config.features)
     scheme = config.labels or meta["labels"]
     if scheme != meta["labels"]:
@@ -289,10 +258,9 @@ def train_head(config: HeadConfig, *, progress: bool | None = None) -> dict[str,
     split, split_source = _assign_split(usable, config, meta["run"])
     train, val, test = (_rows(split, classes, name) for name in SPLITS)
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+    folder.create(asdict(config))
     save_manifest(split, out / "split.csv")
-    dense, dense_fit = fit_dense_head(train, val, len(classes), config, out / "metrics.csv", progress)
+    dense, dense_fit = fit_dense_head(train, val, len(classes), config, folder, progress)
     plot_curves(out / "metrics.csv", out / "curves.png")
     baseline, baseline_fit = fit_baseline(train, val, len(classes), config)
 
@@ -300,8 +268,7 @@ def train_head(config: HeadConfig, *, progress: bool | None = None) -> dict[str,
     layer = _layer_option(meta["layer"], meta["model"], meta["model_options"])
     run_config = {
         "model": "two-stage", "labels": scheme, "features": os.path.abspath(config.features),
-        "backbone_run": meta["run"], "image_size": backbone.image_size,
-        **{key: backbone.config[key] for key in PREPROCESSING_KEYS if key in backbone.config},
+        "backbone_run": meta["run"], **backbone.preprocessing.to_dict(),
     }
     summary: dict[str, Any] = {
         "model": "two-stage", "backbone": meta["model"], "backbone_run": meta["run"], "layer": meta["layer"],
@@ -317,15 +284,13 @@ def train_head(config: HeadConfig, *, progress: bool | None = None) -> dict[str,
         model = cast(TwoStage, create_model("two-stage", num_classes=len(classes), **options))
         model.load_backbone(backbone.model.state_dict(), source=meta["run"])
         model.head.load_state_dict(head.state_dict())
-        if name == "dense":
-            _check_vectors(model, backbone, train)
         val_probabilities = head_probabilities(head, val.x)
         point = operating_point(val_probabilities, val.y)
         threshold = point["threshold"]
-        state = _checkpoint(model, {**run_config, "model_options": options}, classes, backbone.image_size,
+        state = _checkpoint(model, {**run_config, "model_options": options}, classes, backbone.preprocessing,
                             {"fit": fit, "head": name})
         if name == "dense":
-            save_checkpoint(state, out / "best.pt")
+            folder.save_best(state)
             store_operating_point(out, point)
         else:
             keys = ("calibration", "temperature", "bias", "threshold", "threshold_calibrated", "rule")
@@ -336,5 +301,5 @@ def train_head(config: HeadConfig, *, progress: bool | None = None) -> dict[str,
             "test": _measure(head, test, classes, threshold, config),
         }
     summary["wall_time_seconds"] = round(time.perf_counter() - started, 1)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    folder.write_summary(summary)
     return summary

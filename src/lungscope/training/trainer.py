@@ -11,11 +11,9 @@ makes the split, validates, decides (best epoch, learning-rate schedule, early s
 from __future__ import annotations
 
 import csv
-import json
 import math
 import random
 import time
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -27,7 +25,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
 
-from lungscope.checkpoint import load_checkpoint, save_checkpoint
+from lungscope.checkpoint import load_checkpoint
 from lungscope.data.datasets import scan_dataset
 from lungscope.data.labels import classes_for
 from lungscope.data.splits import (
@@ -37,8 +35,6 @@ from lungscope.data.splits import (
     subsample_by_patient,
 )
 from lungscope.data.transforms import (
-    build_augment_normalise,
-    build_preprocess,
     class_weights,
     weighted_sampler,
 )
@@ -62,23 +58,13 @@ from lungscope.training.distributed import (
     reseed_worker,
     sync_batchnorm,
 )
-from lungscope.training.engine import predict, train_one_epoch, validation_metrics
+from lungscope.training.engine import Progress, predict, run_epochs, train_one_epoch, validation_metrics
 from lungscope.training.lung_focus import GradCamOutsideLungs, lung_masks
+from lungscope.training.run_folder import RunFolder
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "train_auc", "val_loss", "val_accuracy", "val_auc", "lr",
                   "seconds"]
 LUNG_FOCUS_COLUMN = "train_outside_lungs"  # with lung_focus: Grad-CAM's mean mass outside the lungs (training)
-
-
-@dataclass
-class _Progress:
-    """What the loop carries from epoch to epoch, and what ``last.pt`` must restore."""
-
-    epoch: int = 0  # epochs completed
-    best: float = math.nan
-    best_epoch: int = 0
-    bad_epochs: int = 0
-    seconds: float = 0.0
 
 
 def seed_everything(seed: int) -> None:
@@ -102,27 +88,13 @@ def make_split(config: TrainConfig) -> pd.DataFrame:
     return split_by_patient(frame, val=config.val_fraction, test=config.test_fraction, seed=config.seed)
 
 
-def _improved(value: float, best: float, monitor: str) -> bool:
-    if math.isnan(best):
-        return True  # the first epoch always gives a best checkpoint
-    if math.isnan(value):
-        return False
-    return value < best if monitor == "val_loss" else value > best
-
-
 class Trainer:
     """Trains one model as :class:`TrainConfig` says and writes the run folder. ``fit()`` runs it."""
 
     def __init__(self, config: TrainConfig, *, resume: bool = False, progress: bool | None = None) -> None:
         """``resume=True`` continues the run in ``config.out`` (load its ``config.yaml`` with :func:`resume_config`)."""
-        self.out = Path(config.out)
-        if not config.out:
-            raise ConfigError("an output folder (--out RUN_DIR) is required")
-        if resume:
-            if not (self.out / "last.pt").is_file():
-                raise ConfigError(f"{self.out}: nothing to resume (no last.pt)")
-        elif (self.out / "last.pt").exists():
-            raise ConfigError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+        self.folder = RunFolder(config.out, resume=resume, resumable=True)
+        self.out = self.folder.path
         self.config, self.resume, self.show = config, resume, progress
         self.device, self.rank = select_device(config.device), SINGLE
         self.classes = list(classes_for(config.labels))
@@ -132,6 +104,7 @@ class Trainer:
                 f"{spec.name} segments lungs, it does not classify; train it with `lungscope train-segmenter`"
             )
         self.image_size = config.image_size or spec.input_size
+        self.preprocessing = config.preprocessing(self.image_size)
         check_pretrained_input(config.pretrained, model_name=config.model, image_size=self.image_size,
                                normalise=config.normalise)
 
@@ -144,8 +117,7 @@ class Trainer:
             if not self.resume:
                 save_manifest(frame, self.out / "split.csv")
         frame = broadcast(frame, self.rank)
-        preprocess = build_preprocess(self.image_size, resize=c.resize, clahe=c.clahe, roi=c.roi,
-                                      roi_margin=c.roi_margin)
+        preprocess = self.preprocessing.preprocess()
         sets = []
         for split, train in (("train", True), ("val", False)):
             part = frame[frame["split"] == split].reset_index(drop=True)
@@ -160,8 +132,7 @@ class Trainer:
             if not kept:
                 raise DatasetError(f"no readable image in the {split} split")
             targets = [self.classes.index(label) for label in part["label"].iloc[kept]]
-            transform = build_augment_normalise(train=train and c.augment, augment=c.augment_config(),
-                                                normalise=c.normalise, size=self.image_size)
+            transform = self.preprocessing.augment_normalise(train=train and c.augment, augment=c.augment_config())
             masks = lung_masks(images, show=self.show, desc=f"segment {split}") if train and c.lung_focus else None
             sets.append(AugmentedImages(images, targets, transform, masks))
         return sets[0], sets[1]
@@ -218,112 +189,82 @@ class Trainer:
             return self._fit()
 
     def _fit(self) -> dict[str, Any]:
+        """Build, run the epochs (each: start, train, validate, decide, record), finish; Ctrl-C says how to go on."""
         c = self.config
         if self.rank.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            c.to_yaml(self.out / "config.yaml")
+            self.folder.create(c.to_dict())
         seed_everything(c.seed)
         train_set, val_set = self._data()
+        progress = self._build(train_set)
+        self._loaders(train_set, val_set)
+        if self.rank.is_main:
+            self.folder.open_metrics(METRIC_COLUMNS + ([LUNG_FOCUS_COLUMN] if c.lung_focus else []), progress.epoch)
+        self.bar = progress_bar(total=(c.epochs - progress.epoch) * len(self.train_loader), desc=f"train {c.model}",
+                                unit="batch", show=self.show)
+        started = time.perf_counter() - progress.seconds
+        try:
+            stopped = run_epochs(progress, c.epochs, start=self._start_epoch, train=self._train_epoch,
+                                 validate=self._validate, record=partial(self._record, progress), monitor=c.monitor,
+                                 minimise=c.monitor == "val_loss", patience=c.early_stopping)
+        except KeyboardInterrupt:
+            self.bar.close()
+            self._report_interrupt(progress)
+            raise
+        if stopped and self.rank.is_main:
+            self.bar.write(f"early stop after epoch {progress.epoch}: no better {c.monitor} in {c.early_stopping} "
+                           "epochs")
+        self.bar.close()
+        summary = None
+        if self.rank.is_main:
+            summary = self._finish(progress, started, len(train_set), len(val_set))
+        return broadcast(summary, self.rank)
+
+    def _build(self, train_set: AugmentedImages) -> Progress:
+        """The model (with its average when ``ema`` and its lung-focus penalty), the loss, the optimiser and
+        schedule of the first stage; resuming, their state from ``last.pt``. Returns where training stands."""
+        c = self.config
         model = create_model(c.model, num_classes=len(self.classes), pretrained=c.pretrained, classes=self.classes,
                              **c.model_options)
         model = sync_batchnorm(model, self.rank, self.device).to(self.device)
         if c.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        weight = class_weights(train_set.targets.tolist(), self.classes) if c.class_weights else None
-        device_weight = None if weight is None else weight.to(self.device)
+        self.weight = class_weights(train_set.targets.tolist(), self.classes) if c.class_weights else None
+        device_weight = None if self.weight is None else self.weight.to(self.device)
         if self.rank.distributed:
-            criterion: nn.Module = GlobalBatchCrossEntropy(self.rank.world_size, device_weight, c.label_smoothing)
+            self.criterion: nn.Module = GlobalBatchCrossEntropy(self.rank.world_size, device_weight,
+                                                                c.label_smoothing)
         else:
-            criterion = nn.CrossEntropyLoss(weight=device_weight, label_smoothing=c.label_smoothing)
+            self.criterion = nn.CrossEntropyLoss(weight=device_weight, label_smoothing=c.label_smoothing)
         # The averaged weights are the ones validated, kept in best.pt and shipped (BatchNorm statistics averaged too).
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(c.ema), use_buffers=True) if c.ema else None
-        evaluated = model if ema is None else ema.module
-        lung_focus = GradCamOutsideLungs(model) if c.lung_focus else None  # after the copy: the average has no hook
-        state = _Progress()
-        optimizer, scheduler = self._stage(model, 0)
+        self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(c.ema), use_buffers=True) if c.ema else None
+        self.evaluated = model if self.ema is None else self.ema.module
+        # after the copy: the average has no hook
+        self.lung_focus = GradCamOutsideLungs(model) if c.lung_focus else None
+        self.model, progress = model, Progress()
+        self.optimizer, self.scheduler = self._stage(model, 0)
         if self.resume:
-            last = load_checkpoint(self.out / "last.pt")
+            last = self.folder.load_last()
             model.load_state_dict(last["model"])
-            if ema is not None:
-                ema.load_state_dict(last["ema"])
-            state = _Progress(**last["progress"])
-            optimizer, scheduler = self._stage(model, state.epoch)
-            optimizer.load_state_dict(last["optimizer"])
-            if scheduler is not None and last["scheduler"] is not None:
-                scheduler.load_state_dict(last["scheduler"])
-        net = data_parallel(model, self.rank, self.device)
+            if self.ema is not None:
+                self.ema.load_state_dict(last["ema"])
+            progress = Progress(**last["progress"])
+            self.optimizer, self.scheduler = self._stage(model, progress.epoch)
+            self.optimizer.load_state_dict(last["optimizer"])
+            if self.scheduler is not None and last["scheduler"] is not None:
+                self.scheduler.load_state_dict(last["scheduler"])
+        self.net = data_parallel(model, self.rank, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.device.type == "cuda")
+        return progress
 
-        generator = torch.Generator()
-        sampler = None
+    def _loaders(self, train_set: AugmentedImages, val_set: AugmentedImages) -> None:
+        c = self.config
+        self.generator = torch.Generator()
+        self.sampler = None
         if c.sampler == "weighted":
-            sampler = weighted_sampler(train_set.targets.tolist(), self.classes, seed=c.seed)
-        order = RandomSampler(train_set, generator=generator) if sampler is None else sampler
-        train_loader = self._train_loader(train_set, order, generator)
-        val_loader = DataLoader(val_set, batch_size=max(c.batch_size, 64), num_workers=c.workers)
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.device.type == "cuda")
-        metrics_path = self.out / "metrics.csv"
-        self.columns = METRIC_COLUMNS + ([LUNG_FOCUS_COLUMN] if c.lung_focus else [])
-        if self.rank.is_main and not self.resume:
-            metrics_path.write_text(",".join(self.columns) + "\n")
-        elif self.rank.is_main:
-            _drop_rows_after(metrics_path, state.epoch)
-
-        started = time.perf_counter() - state.seconds
-        bar = progress_bar(total=(c.epochs - state.epoch) * len(train_loader), desc=f"train {c.model}", unit="batch",
-                           show=self.show)
-        try:
-            for epoch in range(state.epoch, c.epochs):
-                if epoch == c.freeze_epochs and epoch > 0:
-                    optimizer, scheduler = self._stage(model, epoch)
-                    net = data_parallel(model, self.rank, self.device)
-                # Seeding each epoch from (seed, epoch) makes shuffling, sampling, augmentation and dropout the same
-                # whether the run went straight through or was resumed (shuffling and sampling: on every rank).
-                torch.manual_seed(rank_seed(c.seed * 10_000 + epoch, self.rank))
-                generator.manual_seed(c.seed * 10_000 + epoch)
-                if sampler is not None:
-                    sampler.generator.manual_seed(c.seed * 10_000 + epoch)
-                epoch_start = time.perf_counter()
-                trained = train_one_epoch(net, train_loader, criterion, optimizer, self.device, scaler, bar,
-                                          lung_focus=lung_focus, lung_weight=c.lung_focus, ema=ema)
-                metrics = None
-                if self.rank.is_main:  # validation on rank 0 alone; every rank then takes the same decisions
-                    metrics = validation_metrics(*predict(evaluated, val_loader, self.device), weight)
-                metrics = broadcast(metrics, self.rank)
-                lr = optimizer.param_groups[0]["lr"]
-                value = metrics[c.monitor]
-                if scheduler is not None:
-                    scheduler.step(value) if c.scheduler == "plateau" else scheduler.step()
-                state.epoch = epoch + 1
-                improved = _improved(value, state.best, c.monitor)
-                if improved:
-                    state.best, state.best_epoch, state.bad_epochs = value, epoch + 1, 0
-                else:
-                    state.bad_epochs += 1
-                row = {"epoch": epoch + 1, **trained, **metrics, "lr": lr, "seconds": time.perf_counter() - epoch_start}
-                state.seconds = time.perf_counter() - started
-                if self.rank.is_main:
-                    self._save_epoch(model, ema, optimizer, scheduler, state, row, metrics if improved else None)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{trained['train_loss']:.4f}",
-                                val_auc=f"{metrics['val_auc']:.4f}")
-                if c.early_stopping and state.bad_epochs >= c.early_stopping:
-                    if self.rank.is_main:
-                        bar.write(f"early stop after epoch {epoch + 1}: no better {c.monitor} in {c.early_stopping} "
-                                  "epochs")
-                    break
-        except KeyboardInterrupt:
-            bar.close()
-            if self.rank.is_main and (self.out / "last.pt").is_file():
-                print(f"\ninterrupted after {state.epoch} complete epoch(s); continue with: "
-                      f"lungscope train --resume --out {self.out}")
-            elif self.rank.is_main:
-                print("\ninterrupted before the first epoch was complete: no checkpoint was saved, so there is "
-                      "nothing to resume; run the same command again to start over")
-            raise
-        bar.close()
-        summary = None
-        if self.rank.is_main:
-            summary = self._finish(evaluated, val_loader, state, started, len(train_set), len(val_set))
-        return broadcast(summary, self.rank)
+            self.sampler = weighted_sampler(train_set.targets.tolist(), self.classes, seed=c.seed)
+        order = RandomSampler(train_set, generator=self.generator) if self.sampler is None else self.sampler
+        self.train_loader = self._train_loader(train_set, order, self.generator)
+        self.val_loader = DataLoader(val_set, batch_size=max(c.batch_size, 64), num_workers=c.workers)
 
     def _train_loader(self, train_set: AugmentedImages, order: Sampler[int], generator: torch.Generator) -> DataLoader:
         """Batches of ``batch_size`` images in the sampler's ``order``; under torchrun, this rank's share of each
@@ -340,48 +281,82 @@ class Trainer:
         return DataLoader(train_set, batch_sampler=batches, generator=generator, num_workers=c.workers,
                           worker_init_fn=reseed)
 
-    def _save_epoch(self, model: nn.Module, ema: AveragedModel | None, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, state: _Progress, row: dict[str, float],
-                    best_metrics: dict[str, float] | None) -> None:
-        """Write an epoch: ``best.pt`` if it is the best yet (``best_metrics`` given; the averaged weights when
-        ``ema``), its metrics row, ``last.pt``."""
-        if best_metrics is not None:
-            kept = model if ema is None else ema.module
-            save_checkpoint(self._best_state(kept, state.epoch, best_metrics), self.out / "best.pt")
-        with (self.out / "metrics.csv").open("a", newline="") as handle:
-            csv.DictWriter(handle, self.columns).writerow({k: _fmt(v) for k, v in row.items()})
-        save_checkpoint(
-            {"model": model.state_dict(), "ema": None if ema is None else ema.state_dict(),
-             "optimizer": optimizer.state_dict(),
-             "scheduler": None if scheduler is None else scheduler.state_dict(),
-             "progress": vars(state).copy()},
-            self.out / "last.pt",
-        )
+    # -- one epoch's steps, in run_epochs' order ------------------------------------------------------------------
+    def _start_epoch(self, epoch: int) -> None:
+        """The second stage from ``freeze_epochs`` on; the epoch's seeds."""
+        c = self.config
+        if epoch == c.freeze_epochs and epoch > 0:
+            self.optimizer, self.scheduler = self._stage(self.model, epoch)
+            self.net = data_parallel(self.model, self.rank, self.device)
+        # Seeding each epoch from (seed, epoch) makes shuffling, sampling, augmentation and dropout the same
+        # whether the run went straight through or was resumed (shuffling and sampling: on every rank).
+        torch.manual_seed(rank_seed(c.seed * 10_000 + epoch, self.rank))
+        self.generator.manual_seed(c.seed * 10_000 + epoch)
+        if self.sampler is not None:
+            self.sampler.generator.manual_seed(c.seed * 10_000 + epoch)
 
-    def _finish(self, model: nn.Module, val_loader: DataLoader, state: _Progress, started: float, n_train: int,
-                n_val: int) -> dict[str, Any]:
+    def _train_epoch(self) -> dict[str, float]:
+        return train_one_epoch(self.net, self.train_loader, self.criterion, self.optimizer, self.device, self.scaler,
+                               self.bar, lung_focus=self.lung_focus, lung_weight=self.config.lung_focus, ema=self.ema)
+
+    def _validate(self) -> dict[str, float]:
+        """Validation on rank 0 alone; every rank then takes the same decisions."""
+        metrics = None
+        if self.rank.is_main:
+            metrics = validation_metrics(*predict(self.evaluated, self.val_loader, self.device), self.weight)
+        return broadcast(metrics, self.rank)
+
+    def _record(self, progress: Progress, row: dict[str, float], improved: bool) -> None:
+        """The epoch's learning rate, the schedule's step, and (rank 0) the run folder: ``best.pt`` if
+        ``improved`` (the averaged weights when ``ema``), the metrics row, ``last.pt``."""
+        c = self.config
+        row["lr"] = self.optimizer.param_groups[0]["lr"]
+        if self.scheduler is not None:
+            self.scheduler.step(row[c.monitor]) if c.scheduler == "plateau" else self.scheduler.step()
+        if self.rank.is_main:
+            if improved:
+                metrics = {key: value for key, value in row.items() if key.startswith("val_")}
+                self.folder.save_best(self._best_state(progress.epoch, metrics))
+            self.folder.record(row)
+            self.folder.save_last({
+                "model": self.model.state_dict(), "ema": None if self.ema is None else self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+                "progress": vars(progress).copy(),
+            })
+        self.bar.set_postfix(epoch=row["epoch"], loss=f"{row['train_loss']:.4f}", val_auc=f"{row['val_auc']:.4f}")
+
+    def _report_interrupt(self, progress: Progress) -> None:
+        if self.rank.is_main and (self.out / "last.pt").is_file():
+            print(f"\ninterrupted after {progress.epoch} complete epoch(s); continue with: "
+                  f"lungscope train --resume --out {self.out}")
+        elif self.rank.is_main:
+            print("\ninterrupted before the first epoch was complete: no checkpoint was saved, so there is "
+                  "nothing to resume; run the same command again to start over")
+
+    def _finish(self, progress: Progress, started: float, n_train: int, n_val: int) -> dict[str, Any]:
         """Curves, the operating point of the best weights and ``summary.json``; returns the summary."""
         c = self.config
         metrics_path = self.out / "metrics.csv"
         plot_curves(metrics_path, self.out / "curves.png")
-        model.load_state_dict(load_checkpoint(self.out / "best.pt")["model"])
-        point = operating_point(
-            *predict(model, val_loader, self.device), target_sensitivity=c.target_sensitivity, calibration=c.calibration
-        )
+        self.evaluated.load_state_dict(load_checkpoint(self.out / "best.pt")["model"])
+        point = operating_point(*predict(self.evaluated, self.val_loader, self.device),
+                                target_sensitivity=c.target_sensitivity, calibration=c.calibration)
         store_operating_point(self.out, point)
         summary = {
-            "model": c.model, "monitor": c.monitor, "best_epoch": state.best_epoch, "best_value": state.best,
-            "best_val_auc": self._best_val_auc(metrics_path, state.best_epoch),
-            "epochs_run": state.epoch, "wall_time_seconds": round(time.perf_counter() - started, 1),
+            "model": c.model, "monitor": c.monitor, "best_epoch": progress.best_epoch, "best_value": progress.best,
+            "best_val_auc": self._best_val_auc(metrics_path, progress.best_epoch),
+            "epochs_run": progress.epoch, "wall_time_seconds": round(time.perf_counter() - started, 1),
             "n_train": n_train, "n_val": n_val, "device": str(self.device), "processes": self.rank.world_size,
             "threshold": point["threshold_calibrated"], "temperature": point["temperature"],
         }
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        self.folder.write_summary(summary)
         return summary
 
-    def _best_state(self, model: nn.Module, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
-        return {"model": model.state_dict(), "config": self.config.to_dict(), "classes": self.classes,
-                "image_size": self.image_size, "epoch": epoch, "metrics": metrics}
+    def _best_state(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
+        return {"model": self.evaluated.state_dict(), "config": self.config.to_dict(), "classes": self.classes,
+                "image_size": self.image_size, "preprocessing": self.preprocessing.to_dict(), "epoch": epoch,
+                "metrics": metrics}
 
     @staticmethod
     def _best_val_auc(metrics_path: Path, best_epoch: int) -> float:
@@ -390,21 +365,6 @@ class Trainer:
                 if int(row["epoch"]) == best_epoch:
                     return float(row["val_auc"])
         return math.nan
-
-
-def _drop_rows_after(metrics_path: Path, epoch: int) -> None:
-    """Keep the rows of epochs up to ``epoch``, the one ``last.pt`` holds. A kill after an epoch's row was written but
-    before its ``last.pt`` leaves a row (perhaps a torn one) that the resumed run writes again."""
-    header, *rows = metrics_path.read_text().splitlines(keepends=True)
-    kept = [row for row in rows if row.endswith("\n") and int(row.split(",", 1)[0]) <= epoch]
-    if kept != rows:
-        tmp = metrics_path.with_suffix(".csv.tmp")
-        tmp.write_text(header + "".join(kept))
-        tmp.replace(metrics_path)
-
-
-def _fmt(value: float) -> str:
-    return str(value) if isinstance(value, int) else f"{value:.6g}"
 
 
 def resume_config(run_dir: str | Path, **overrides: Any) -> TrainConfig:

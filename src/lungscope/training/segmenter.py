@@ -1,0 +1,155 @@
+"""Train a lung U-Net on X-rays with binary lung masks of the same file names (e.g. ../shared/data/lung_masks)."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from lungscope.data.io import read_image
+from lungscope.data.splits import split_by_patient
+from lungscope.errors import ConfigError
+from lungscope.models import create_model, get_spec
+from lungscope.progress import progress_bar
+from lungscope.segmentation.files import mask_scores, pair_files
+from lungscope.segmentation.masks import dice
+from lungscope.segmentation.segmenter import LungSegmenter, normalise, resized
+from lungscope.training.engine import Progress, copy_state, run_epochs
+from lungscope.training.run_folder import RunFolder
+
+
+@dataclass
+class SegmenterConfig:
+    """Options of a segmenter training run. Fractions are of patients (one image per patient in the shared set)."""
+
+    model: str = "lung-unet"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    image_size: int = 128
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 2e-3
+    val_fraction: float = 0.1
+    test_fraction: float = 0.15
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.image_size < 16 or self.image_size % 8:
+            raise ConfigError(f"image_size must be a multiple of 8 of at least 16, not {self.image_size}")
+        for key in ("epochs", "batch_size", "lr"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{key} must be positive, not {getattr(self, key)}")
+
+
+def _load(frame: pd.DataFrame, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``(N, 1, size, size)`` in [0, 1] and masks ``(N, 1, size, size)`` in {0, 1}, resized."""
+    images = resized([read_image(p).pixels for p in frame["image"]], size)
+    masks = resized([read_image(p).pixels >= 0.5 for p in frame["mask"]], size)
+    return images.clamp(0, 1), (masks >= 0.5).float()
+
+
+def _augment() -> v2.Compose:
+    """Joint geometric jitter of image and mask; brightness/contrast/gamma on the image only, so the net meets
+    X-rays exposed unlike the training set's."""
+    return v2.Compose([
+        v2.RandomAffine(degrees=10, translate=(0.08, 0.08), scale=(0.85, 1.15)),
+        v2.ColorJitter(brightness=0.3, contrast=0.3),
+    ])
+
+
+def _loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy plus soft Dice loss (Milletari et al. 2016): BCE for every pixel, Dice for the overlap."""
+    probabilities = logits.sigmoid()
+    overlap = (probabilities * masks).sum(dim=(1, 2, 3))
+    soft_dice = (2 * overlap + 1) / (probabilities.sum(dim=(1, 2, 3)) + masks.sum(dim=(1, 2, 3)) + 1)
+    return F.binary_cross_entropy_with_logits(logits, masks) + (1 - soft_dice).mean()
+
+
+def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                 images: torch.Tensor, masks: torch.Tensor, batch_size: int) -> dict[str, float]:
+    """One pass over the training pairs in a random order, each pair jointly augmented; the mean loss per image."""
+    model.train()
+    augment, total = _augment(), 0.0
+    for batch in torch.randperm(len(images)).split(batch_size):
+        pairs = [augment(tv_tensors.Image(images[i]), tv_tensors.Mask(masks[i])) for i in batch]
+        x = torch.stack([image for image, _ in pairs])
+        y = torch.stack([mask for _, mask in pairs])
+        loss = _loss(model(normalise(x)), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += loss.item() * len(batch)
+    return {"train_loss": total / len(images)}
+
+
+@torch.inference_mode()
+def _validate(model: nn.Module, images: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
+    """The mean Dice of the raw (uncleaned) masks at the network's input size."""
+    predicted = model.eval()(normalise(images)) >= 0
+    return {"val_dice": float(np.mean([dice(p.numpy(), t.numpy()) for p, t in zip(predicted, masks >= 0.5)]))}
+
+
+def train_segmenter(
+    images: str | os.PathLike[str], masks: str | os.PathLike[str], out: str | os.PathLike[str],
+    config: SegmenterConfig | None = None, *, progress: bool | None = None,
+) -> dict[str, Any]:
+    """Train on a patient-grouped split of the image/mask pairs, keep the epoch with the best validation Dice, and
+    score it on the held-out test part. Writes the run folder (:class:`~lungscope.training.run_folder.RunFolder`:
+    ``config.yaml``, ``metrics.csv``, ``best.pt`` with the split's file names, ``summary.json``), ``split.csv`` and
+    ``test_scores.csv``; returns the summary."""
+    config = config or SegmenterConfig()
+    get_spec(config.model)
+    folder = RunFolder(out)
+    folder.create(asdict(config))
+    torch.manual_seed(config.seed)
+    pairs = pair_files(images, masks)
+    split = split_by_patient(pairs, val=config.val_fraction, test=config.test_fraction, seed=config.seed)
+    split.to_csv(folder.path / "split.csv", index=False)
+    parts = {name: split[split["split"] == name] for name in ("train", "val", "test")}
+    train_x, train_y = _load(parts["train"], config.image_size)
+    val_x, val_y = _load(parts["val"], config.image_size)
+    model = create_model(config.model, num_classes=1, **config.model_options)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, epochs=config.epochs,
+                                                    steps_per_epoch=-(-len(train_x) // config.batch_size))
+    started, best_state = time.perf_counter(), {}
+    folder.open_metrics(["epoch", "train_loss", "val_dice", "seconds"])
+    bar = progress_bar(total=config.epochs, desc="segmenter", unit="epoch", show=progress)
+
+    def record(row: dict[str, float], improved: bool) -> None:
+        folder.record(row)  # each epoch: progress for a log reader
+        bar.update(1)
+        if improved:
+            best_state.update(copy_state(model))
+
+    state = Progress()
+    run_epochs(state, config.epochs, record=record, monitor="val_dice", minimise=False,
+               train=lambda: _train_epoch(model, optimizer, scheduler, train_x, train_y, config.batch_size),
+               validate=lambda: _validate(model, val_x, val_y))
+    bar.close()
+    folder.save_best({
+        "model": best_state, "epoch": state.best_epoch, "model_name": config.model,
+        "model_options": config.model_options, "image_size": config.image_size, "config": asdict(config),
+        "val_dice": state.best, "split": {name: [Path(p).name for p in part["image"]] for name, part in parts.items()},
+    })
+    scores = mask_scores(LungSegmenter.load(folder.path / "best.pt"), parts["test"])
+    scores.to_csv(folder.path / "test_scores.csv", index=False)
+    summary = {
+        "images": {name: len(part) for name, part in parts.items()}, "best_epoch": state.best_epoch,
+        "val_dice": state.best, "test_dice_mean": float(scores["dice"].mean()),
+        "test_dice_p5": float(scores["dice"].quantile(0.05)), "test_iou_mean": float(scores["iou"].mean()),
+        "test_iou_p5": float(scores["iou"].quantile(0.05)), "seconds": round(time.perf_counter() - started, 1),
+        "config": asdict(config),
+    }
+    folder.write_summary(summary)
+    return summary
