@@ -47,7 +47,7 @@ def _sample(paths: list[Path], n: int) -> list[Path]:
 
 def shares(classifier: Classifier, paths: list[Path], masks: list[np.ndarray]) -> dict[str, tuple[float, float]]:
     """Variant -> (mean lung share, mean positive share of |map|)."""
-    on_input = build_preprocess(classifier.image_size, resize=classifier.resize)
+    on_input = build_preprocess(classifier.image_size, resize=classifier.preprocessing.resize)
     images = torch.stack([classifier.transform(read_image(p).pixels) for p in paths])
     grid = np.stack([on_input(m.astype(np.float32))[0].numpy() >= 0.5 for m in masks]).astype(np.float32)
     raw = RawLogits(classifier.model)

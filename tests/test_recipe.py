@@ -157,7 +157,7 @@ def test_bundled_grad_cam_looks_at_the_lungs_of_real_adult_x_rays(lung_masks: Pa
     classifier = Classifier.load("default")
     paths = sorted((lung_masks / "images").glob("*.png"))[::36]
     images = torch.stack([classifier.transform(read_image(path).pixels) for path in paths])
-    on_input = build_preprocess(classifier.image_size, resize=classifier.resize)
+    on_input = build_preprocess(classifier.image_size, resize=classifier.preprocessing.resize)
     masks = np.stack([on_input(read_image(lung_masks / "masks" / p.name).pixels)[0].numpy() >= 0.5 for p in paths])
     masks = masks.astype(np.float32)
     share = float(np.nanmean(lung_share(explain(classifier.model, images, "gradcam", warn=False).maps, masks)))
