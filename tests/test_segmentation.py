@@ -148,7 +148,7 @@ def test_segment_cli_writes_masks_and_overlays(lung_masks: Path, tmp_path: Path)
     assert not (out / "masks" / "broken.png").exists()
 
 
-def test_train_segmenter_on_a_slice(lung_masks: Path, tmp_path: Path) -> None:
+def test_train_segmenter_on_a_slice(lung_masks: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     images, masks = tmp_path / "images", tmp_path / "masks"
     images.mkdir()
     masks.mkdir()
@@ -165,6 +165,9 @@ def test_train_segmenter_on_a_slice(lung_masks: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="multiple of 8"):
         SegmenterConfig(image_size=30)
     assert main(["train-segmenter", str(images), str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 1
+    assert main(["train-segmenter", str(images), str(masks), "--out", str(tmp_path / "y"), "--epochs", "0"]) == 1
+    assert "epochs must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
 
 
 def test_roi_model_trains_predicts_and_explains_on_the_full_image(lung_masks: Path, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from lungscope.cli.common import EXIT_OK, EXIT_PARTIAL, report_skipped
+from lungscope.cli.flags import add_config_flags, config_overrides
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
@@ -37,8 +38,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
 def _cmd_train_segmenter(args: argparse.Namespace) -> int:
     from lungscope.training.segmenter import SegmenterConfig, train_segmenter
 
-    config = SegmenterConfig(image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                             seed=args.seed)
+    config = SegmenterConfig(**config_overrides(args))
     print(json.dumps(train_segmenter(args.images, args.masks, args.out, config), indent=2))
     return EXIT_OK
 
@@ -54,11 +54,13 @@ def _add_train_segmenter(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", type=Path, metavar="IMAGES", help="folder of X-rays")
     p.add_argument("masks", type=Path, metavar="MASKS", help="folder of lung masks named as the X-rays")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="run folder")
-    p.add_argument("--image-size", type=int, default=128, help="network input side, a multiple of 8 (default 128)")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule")
-    p.add_argument("--seed", type=int, default=0)
+
+    def add() -> None:
+        from lungscope.training.segmenter import SegmenterConfig
+
+        add_config_flags(p, SegmenterConfig)
+
+    p.defer(add)
     p.set_defaults(func=_cmd_train_segmenter)
 
 

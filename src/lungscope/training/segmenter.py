@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from lungscope.data.io import read_image
 from lungscope.data.splits import split_by_patient
 from lungscope.errors import ConfigError
 from lungscope.models import create_model, get_spec
+from lungscope.options import AT_LEAST_ONE, FRACTION, POSITIVE, Range, check_options, option
 from lungscope.progress import progress_bar
 from lungscope.segmentation.files import mask_scores, pair_files
 from lungscope.segmentation.masks import dice
@@ -32,22 +33,21 @@ from lungscope.training.run_folder import RunFolder
 class SegmenterConfig:
     """Options of a segmenter training run. Fractions are of patients (one image per patient in the shared set)."""
 
-    model: str = "lung-unet"
-    model_options: dict[str, Any] = field(default_factory=dict)
-    image_size: int = 128
-    epochs: int = 30
-    batch_size: int = 16
-    lr: float = 2e-3
-    val_fraction: float = 0.1
-    test_fraction: float = 0.15
-    seed: int = 0
+    model: str = option("lung-unet", help="registry name of a segmentation network")
+    model_options: dict[str, Any] = option(default_factory=dict, help="keyword options of the registry's builder")
+    image_size: int = option(128, range=Range(16), help="network input side, a multiple of 8")
+    epochs: int = option(30, range=AT_LEAST_ONE, help="epochs to train")
+    batch_size: int = option(16, range=AT_LEAST_ONE, help="images per step")
+    lr: float = option(2e-3, range=POSITIVE, help="peak learning rate of the one-cycle schedule")
+    val_fraction: float = option(0.1, range=Range(0, 1, low_included=False, high_included=False),
+                                 help="patients kept for choosing the best epoch")
+    test_fraction: float = option(0.15, range=FRACTION, help="patients held out for the final Dice")
+    seed: int = option(0, help="seed of the split, the initialisation and the augmentation")
 
     def __post_init__(self) -> None:
-        if self.image_size < 16 or self.image_size % 8:
-            raise ConfigError(f"image_size must be a multiple of 8 of at least 16, not {self.image_size}")
-        for key in ("epochs", "batch_size", "lr"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"{key} must be positive, not {getattr(self, key)}")
+        check_options(self)
+        if self.image_size % 8:  # the U-Net halves it three times
+            raise ConfigError(f"image_size must be a multiple of 8, not {self.image_size}")
 
 
 def _load(frame: pd.DataFrame, size: int) -> tuple[torch.Tensor, torch.Tensor]:
