@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,7 @@ def test_rows_columns_and_metadata(quick_run: Path, quick_features: Path) -> Non
     assert meta == {
         "run": str(quick_run.absolute()), "model": "shallow-cnn", "model_options": {}, "layer": "classifier.0:input",
         "feature_dim": 64 * 31 * 31, "labels": "binary", "classes": ["NORMAL", "PNEUMONIA"], "image_size": 64,
+        "checkpoint_sha256": hashlib.sha256((quick_run / "best.pt").read_bytes()).hexdigest(),
     }
     good = frame[frame["error"].isna()]
     assert all(v.dtype == np.float32 and v.shape == (meta["feature_dim"],) for v in good["features"])

@@ -28,7 +28,8 @@ from lungscope.data.splits import load_manifest
 from lungscope.errors import ConfigError
 from lungscope.evaluation.evaluate import evaluate_run
 from lungscope.features import FeatureExtractor, extract_features
-from lungscope.inference import Classifier
+from lungscope.features.parquet import FeatureWriter, read_features
+from lungscope.inference import Classifier, fingerprint
 from lungscope.models import classifier_head, create_model, gradcam_layer, last_conv_layer
 from lungscope.models.two_stage import dense_head
 from lungscope.training.head import (
@@ -256,6 +257,18 @@ def test_two_stage_backbone_gives_the_extractors_features(quick_run: Path, chest
         assert classifier.model(batch).shape == (4, 2)
     extracted = np.stack([row["features"] for row in extractor.extract_files(paths)])
     assert computed.shape == (4, extractor.feature_dim) and np.allclose(computed, extracted, atol=1e-5)
+
+
+def test_features_of_a_changed_backbone_are_refused(features: Path, quick_run: Path, tmp_path: Path) -> None:
+    """A features file is bound to the checkpoint it came from: a backbone retrained since is refused in one line."""
+    frame, metadata = read_features(features)
+    assert metadata["checkpoint_sha256"] == fingerprint(quick_run)
+    with FeatureWriter(tmp_path / "stale.parquet", {**metadata, "checkpoint_sha256": "0" * 64}) as writer:
+        writer.write_rows(frame.to_dict("records"))
+    with pytest.raises(ConfigError, match="extracted from another version of .*best.pt .*extract the features again"):
+        train_head(HeadConfig(features=str(tmp_path / "stale.parquet"), out=str(tmp_path / "run"), epochs=2,
+                              n_resamples=10), progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_wrong_labels_and_an_existing_run_are_refused(features: Path, head_run: Path, tmp_path: Path) -> None:

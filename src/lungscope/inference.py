@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import warnings
 from collections import deque
@@ -32,6 +33,14 @@ def checkpoint_path(source: str | os.PathLike[str]) -> Path:
     (``default``, ``tb``: :data:`lungscope.bundled.MODELS`)."""
     path = bundled_model(source) or Path(source)
     return path / "best.pt" if path.is_dir() else path
+
+
+def fingerprint(source: str | os.PathLike[str]) -> str:
+    """SHA-256 of a model's checkpoint file: what a site's operating point and a features file are bound to."""
+    path = checkpoint_path(source)
+    if not path.is_file():
+        raise ConfigError(f"{path}: checkpoint not found")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def apply_temperature(

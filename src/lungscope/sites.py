@@ -13,7 +13,6 @@ the checkpoint by its SHA-256: a site fitted for one model is refused for anothe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -27,7 +26,7 @@ from lungscope.data.datasets import scan_dataset
 from lungscope.errors import ConfigError, DatasetError
 from lungscope.evaluation.bootstrap import patient_bootstrap
 from lungscope.evaluation.operating import DEFAULT_CALIBRATION, operating_point
-from lungscope.inference import Classifier, apply_temperature, checkpoint_path
+from lungscope.inference import Classifier, apply_temperature, fingerprint
 
 MIN_PER_CLASS = 20  # fewer examples of a class than this cannot place a threshold with any precision
 FOLDS = 5
@@ -37,14 +36,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 def sites_folder() -> Path:
     """Where site operating points are kept: ``$LUNGSCOPE_SITES`` or ``~/.lungscope/sites``."""
     return Path(os.environ.get("LUNGSCOPE_SITES") or Path.home() / ".lungscope" / "sites")
-
-
-def fingerprint(source: str | os.PathLike[str]) -> str:
-    """SHA-256 of the model's checkpoint file: what a site's operating point is bound to."""
-    path = checkpoint_path(source)
-    if not path.is_file():
-        raise ConfigError(f"{path}: checkpoint not found")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def site_file(name: str, source: str | os.PathLike[str], digest: str | None = None) -> Path:

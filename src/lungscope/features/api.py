@@ -14,7 +14,7 @@ from lungscope.data.labels import classes_for
 from lungscope.errors import ConfigError
 from lungscope.features.extract import FeatureExtractor, local_rows, model_source
 from lungscope.features.parquet import FeatureWriter, writable_output
-from lungscope.inference import Classifier
+from lungscope.inference import Classifier, fingerprint
 
 ENGINES = ("local", "spark")
 
@@ -52,6 +52,7 @@ def features_metadata(source: str | os.PathLike[str], extractor: FeatureExtracto
         "labels": labels,
         "classes": list(classes_for(labels)),
         "image_size": classifier.image_size,
+        "checkpoint_sha256": fingerprint(source),
     }
 
 

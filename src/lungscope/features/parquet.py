@@ -6,7 +6,8 @@ why the file could not be read). The schema metadata key ``lungscope`` holds JSO
 
     {"run": absolute run path or "default", "model": registry name, "model_options": {...},
      "layer": "classifier.0:input" (the final Linear's input, the default) or a module name (its output),
-     "feature_dim": int, "labels": "binary" | "three-class" | "tb", "classes": [...], "image_size": int}
+     "feature_dim": int, "labels": "binary" | "three-class" | "tb", "classes": [...], "image_size": int,
+     "checkpoint_sha256": the SHA-256 of the checkpoint the features came from (files before it have none)}
 
 ``classes`` are the label scheme's classes, in index order. 4-D outputs of a named layer are globally
 average-pooled. pandas reads the file (``pd.read_parquet``); :func:`read_features` returns the rows and the metadata.

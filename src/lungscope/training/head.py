@@ -44,7 +44,7 @@ from lungscope.evaluation.evaluate import metrics_with_ci
 from lungscope.evaluation.operating import operating_point, store_operating_point
 from lungscope.evaluation.plots import plot_curves
 from lungscope.features.parquet import read_features
-from lungscope.inference import Classifier
+from lungscope.inference import Classifier, checkpoint_path, fingerprint
 from lungscope.models import create_model
 from lungscope.models.layers import named_classifier_head
 from lungscope.models.two_stage import (
@@ -247,6 +247,9 @@ def train_head(config: HeadConfig, *, progress: bool | None = None) -> dict[str,
     folder = RunFolder(config.out)
     out = folder.path
     frame, meta = read_features(config.features)
+    if (recorded := meta.get("checkpoint_sha256")) is not None and recorded != fingerprint(meta["run"]):
+        raise ConfigError(f"{config.features}: extracted from another version of {checkpoint_path(meta['run'])} "
+                          "(its SHA-256 has changed since): extract the features again with `lungscope features`")
     scheme = config.labels or meta["labels"]
     if scheme != meta["labels"]:
         raise ConfigError(f"the features carry {meta['labels']} labels, not {scheme}: extract them with "
