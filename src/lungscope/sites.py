@@ -25,7 +25,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from lungscope.data.datasets import scan_dataset
 from lungscope.errors import ConfigError, DatasetError
 from lungscope.evaluation.bootstrap import patient_bootstrap
-from lungscope.evaluation.operating import DEFAULT_CALIBRATION, operating_point
+from lungscope.evaluation.operating import DEFAULT_CALIBRATION, operating_point, stored_point
 from lungscope.inference import Classifier, apply_temperature, fingerprint
 
 MIN_PER_CLASS = 20  # fewer examples of a class than this cannot place a threshold with any precision
@@ -109,13 +109,12 @@ def calibrate_site(
         return {"sensitivity": list(sensitivity), "specificity": list(specificity)}
 
     point = operating_point(probabilities, labels, target_sensitivity=target_sensitivity, calibration=calibration)
-    keys = ("calibration", "temperature", "bias", "threshold", "threshold_calibrated", "rule", "target_sensitivity")
     digest = fingerprint(source)
     record = {
         "site": name, "model": str(source), "checkpoint_sha256": digest, "data": str(data),
         "n_images": int(len(labels)), "n_patients": int(len(np.unique(patients))),
         "n_per_class": {classifier.classes[k]: int(counts[k]) for k in (0, 1)},
-        "operating_point": {k: point[k] for k in keys},
+        "operating_point": {**stored_point(point), "target_sensitivity": point["target_sensitivity"]},
         "out_of_fold": rates(calls), "stored_operating_point": rates(stored),
     }
     path = site_file(name, source, digest)

@@ -18,6 +18,8 @@ from lungscope.evaluation.threshold import choose_threshold
 from lungscope.inference import Classifier, apply_temperature
 
 CALIBRATION_FILE = "calibration.json"
+# what a checkpoint keeps of an operating point: all a Classifier needs to calibrate and decide
+STORED_KEYS = ("calibration", "temperature", "bias", "threshold", "threshold_calibrated", "rule")
 CALIBRATIONS = ("temperature", "temperature+bias")
 DEFAULT_CALIBRATION = "temperature+bias"
 
@@ -70,13 +72,17 @@ def operating_point(
     return point
 
 
+def stored_point(point: dict[str, Any]) -> dict[str, Any]:
+    """The entries of :data:`STORED_KEYS` of an :func:`operating_point`: what a checkpoint keeps of it."""
+    return {key: point[key] for key in STORED_KEYS}
+
+
 def store_operating_point(run_dir: str | Path, point: dict[str, Any]) -> None:
     """Write ``calibration.json`` and put temperature and threshold into ``best.pt``, so the file alone serves."""
     run_dir = Path(run_dir)
     (run_dir / CALIBRATION_FILE).write_text(json.dumps(point, indent=2) + "\n")
     best = load_checkpoint(run_dir / "best.pt")
-    keys = ("calibration", "temperature", "bias", "threshold", "threshold_calibrated", "rule")
-    best["operating_point"] = {k: point[k] for k in keys}
+    best["operating_point"] = stored_point(point)
     # a run written before checkpoints carried their preprocessing gains the entry as it is saved again
     best["preprocessing"] = Preprocessing.of_checkpoint(best).to_dict()
     save_checkpoint(best, run_dir / "best.pt")

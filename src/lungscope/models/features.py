@@ -40,14 +40,18 @@ class _Reached(Exception):  # noqa: N818 - not an error: it stops a forward pass
         self.output = output
 
 
-def _modules_before(body: nn.Module, layer: str, example: torch.Tensor) -> set[str]:
-    """The modules of ``body`` that start before its module ``layer`` ends, in one forward pass of ``example``;
-    a layer that does not run exactly once is refused."""
+def _modules_before(body: nn.Module, layer: str, example: torch.Tensor) -> tuple[set[str], int]:
+    """The modules of ``body`` that start before its module ``layer`` ends, in one forward pass of ``example``, and
+    the length of the layer's :func:`pooled` output; a layer that does not run exactly once is refused."""
     started: list[str] = []
-    reached: list[int] = []  # len(started) each time the layer finishes
+    reached: list[tuple[int, int]] = []  # (len(started), feature length) each time the layer finishes
+
+    def finished(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        reached.append((len(started), pooled(output).shape[1]))
+
     handles = [module.register_forward_pre_hook(lambda *_, name=name: started.append(name))
                for name, module in body.named_modules() if name]
-    handles.append(body.get_submodule(layer).register_forward_hook(lambda *_: reached.append(len(started))))
+    handles.append(body.get_submodule(layer).register_forward_hook(finished))
     try:
         with torch.no_grad():
             body(example)
@@ -56,12 +60,13 @@ def _modules_before(body: nn.Module, layer: str, example: torch.Tensor) -> set[s
             handle.remove()
     if len(reached) != 1:
         raise ConfigError(f"layer {layer!r} runs {len(reached)} times per forward pass: pick another layer")
-    return set(started[: reached[0]])
+    return set(started[: reached[0][0]]), reached[0][1]
 
 
 class LayerOutput(nn.Module):
-    """:func:`pooled` output of the module ``layer`` of ``body``; the modules that would run after it are gone
-    (a torch.fx graph of the modules before it, or ``body`` with the later modules replaced by the identity)."""
+    """:func:`pooled` output (``dim`` long) of the module ``layer`` of ``body``; the modules that would run after it
+    are gone (a torch.fx graph of the modules before it, or ``body`` with the later modules replaced by the
+    identity)."""
 
     def __init__(self, body: nn.Module, layer: str, example: torch.Tensor) -> None:
         super().__init__()
@@ -69,7 +74,7 @@ class LayerOutput(nn.Module):
         if layer not in names:
             raise ConfigError(f"{type(body).__name__} has no layer {layer!r}; its layers are: {', '.join(names)}")
         self.layer = layer
-        before = _modules_before(body, layer, example)
+        before, self.dim = _modules_before(body, layer, example)
         training = body.training
         try:
             self.body: nn.Module = create_feature_extractor(body, return_nodes={layer: "features"})
@@ -114,5 +119,4 @@ def features_at(model: nn.Module, layer: str | None, example: torch.Tensor) -> t
         model.set_submodule(head_name, nn.Identity())
         return model, head.in_features
     cut = LayerOutput(model, layer, example)
-    with torch.no_grad():
-        return cut, int(cut(example).shape[1])
+    return cut, cut.dim

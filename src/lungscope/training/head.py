@@ -41,7 +41,7 @@ from lungscope.data.splits import load_manifest, save_manifest, split_by_patient
 from lungscope.data.transforms import Preprocessing
 from lungscope.errors import ConfigError, DatasetError
 from lungscope.evaluation.evaluate import metrics_with_ci
-from lungscope.evaluation.operating import operating_point, store_operating_point
+from lungscope.evaluation.operating import operating_point, store_operating_point, stored_point
 from lungscope.evaluation.plots import plot_curves
 from lungscope.features.parquet import read_features
 from lungscope.inference import Classifier, checkpoint_path, fingerprint
@@ -296,8 +296,7 @@ def train_head(config: HeadConfig, *, progress: bool | None = None) -> dict[str,
             folder.save_best(state)
             store_operating_point(out, point)
         else:
-            keys = ("calibration", "temperature", "bias", "threshold", "threshold_calibrated", "rule")
-            save_checkpoint({**state, "operating_point": {k: point[k] for k in keys}}, out / "baseline.pt")
+            save_checkpoint({**state, "operating_point": stored_point(point)}, out / "baseline.pt")
         summary[name] = {
             "checkpoint": "best.pt" if name == "dense" else "baseline.pt", "hidden": list(hidden), "dropout": dropout,
             **fit, "val": _measure(head, val, classes, threshold, config),
