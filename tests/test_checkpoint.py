@@ -26,7 +26,7 @@ WEIGHTS = {"layer.weight": torch.ones(2, 3)}
 STATES: dict[str, dict[str, Any]] = {
     "training state": {"model": WEIGHTS, "ema": None, "optimizer": {"state": {}}, "scheduler": None,
                        "progress": {"epoch": 1}},
-    "segmenter": {"model": WEIGHTS, "model_name": "lung-unet", "image_size": 64},
+    "segmenter": {"model": WEIGHTS, "model_name": "lung-unet", "image_size": 64, "normalise": "fixed"},
     "two-stage classifier": {"model": WEIGHTS, "config": {"model": "two-stage"}, "classes": ["A", "B"],
                              "image_size": 64, "preprocessing": {"image_size": 64}, "head": "dense",
                              "fit": {"best_epoch": 1}},
@@ -113,3 +113,13 @@ def test_a_version_1_classifier_needs_no_preprocessing_entry(variant: str, tmp_p
     torch.save({**old, VERSION_KEY: VERSION}, tmp_path / "x.pt")
     assert _one_line_error(tmp_path / "x.pt") == (
         f"{VARIANTS[variant].what} without its 'preprocessing': damaged, or not written by lungscope")
+
+
+def test_a_segmenter_before_version_3_needs_no_normalise_entry(tmp_path: Path) -> None:
+    old = {k: v for k, v in STATES["segmenter"].items() if k != "normalise"}
+    for version in (1, 2):  # written before segmenters could be normalised per image: all were "fixed"
+        torch.save({**old, VERSION_KEY: version}, tmp_path / "x.pt")
+        assert "normalise" not in load_checkpoint(tmp_path / "x.pt", kind="segmenter")
+    torch.save({**old, VERSION_KEY: 3}, tmp_path / "x.pt")
+    assert _one_line_error(tmp_path / "x.pt") == (
+        "a lung segmenter checkpoint without its 'normalise': damaged, or not written by lungscope")

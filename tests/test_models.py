@@ -79,7 +79,8 @@ def _xrays(folder: Path, count: int, size: int) -> torch.Tensor:
 def test_registry_lists_every_network_with_its_input_size_and_family() -> None:
     specs = list_models()
     assert [s.name for s in specs if s.family != "segmentation"] == list(EXPECTED)  # paper, torchvision, composite
-    assert [(s.name, s.input_size) for s in specs if s.family == "segmentation"] == [("lung-unet", 128)]
+    assert [(s.name, s.input_size, s.encoder_of) for s in specs if s.family == "segmentation"] == [
+        ("lung-unet", 128, None), ("cxr-unet", 224, "cxr-resnet")]
     assert get_spec("lung-unet").parameter_count() == count_parameters(create_model("lung-unet", num_classes=1))
     for spec in specs[: len(EXPECTED)]:
         assert (spec.input_size, spec.family) == EXPECTED[spec.name][:2]
@@ -452,6 +453,30 @@ def test_lungscope_cxr_refuses_another_architecture_in_one_line(
     (tmp_path / "pneumonia.pt").unlink()
     with pytest.raises(ConfigError, match=r"pneumonia\.pt: checkpoint not found$"):
         create_model("cxr-resnet", pretrained="lungscope-cxr", **CXR_OPTIONS)
+
+
+def test_lungscope_cxr_starts_the_encoder_of_a_cxr_unet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    saved = tiny_lungscope_cxr(monkeypatch, tmp_path)["model"]
+    torch.manual_seed(3)
+    fresh = create_model("cxr-unet", num_classes=1, **CXR_OPTIONS).state_dict()
+    torch.manual_seed(3)
+    unet = create_model("cxr-unet", num_classes=1, pretrained="lungscope-cxr", **CXR_OPTIONS)
+    state = unet.state_dict()
+    encoder = [k for k in saved if k.startswith("features.")]
+    assert len(encoder) > 40 and _same(state, saved, encoder)  # every encoder tensor is the classifier's
+    decoder = [k for k in state if not k.startswith("features.")]
+    assert decoder and _same(state, fresh, decoder)  # the decoder keeps its initialisation
+    assert unet(torch.rand(2, 1, 64, 64)).shape == (2, 1, 64, 64)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        unet(torch.rand(1, 1, 48, 48))
+    with pytest.raises(ConfigError) as error:  # another width: one line naming the unfitting keys
+        create_model("cxr-unet", num_classes=1, pretrained="lungscope-cxr", width=16, blocks=(1, 1, 1, 1))
+    message = str(error.value)
+    assert " does not fit cxr-unet's encoder: wrong shape 0.weight (8, 1, 7, 7) != (16, 1, 7, 7)" in message
+    assert "\n" not in message
+    torch.save({"fc.weight": torch.zeros(2, 64)}, tmp_path / "head-only.pt")
+    with pytest.raises(ConfigError, match="does not fit cxr-unet's encoder: missing 0.weight, 1.weight, 1.bias"):
+        create_model("cxr-unet", num_classes=1, pretrained=tmp_path / "head-only.pt", **CXR_OPTIONS)
 
 
 def test_lungscope_cxr_input_must_match_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

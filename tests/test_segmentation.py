@@ -170,6 +170,32 @@ def test_train_segmenter_on_a_slice(lung_masks: Path, tmp_path: Path, capsys: py
     assert not (tmp_path / "y").exists()
 
 
+def test_a_cxr_unet_segmenter_starts_from_lungscope_cxr_and_keeps_its_normalisation(
+    lung_masks: Path, tmp_path: Path
+) -> None:
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for path in sorted((lung_masks / "images").glob("*.png"))[:10]:
+        shutil.copy(path, images)
+        shutil.copy(lung_masks / "masks" / path.name, masks)
+    config = SegmenterConfig(model="cxr-unet", pretrained="lungscope-cxr", normalise="per-image", image_size=224,
+                             epochs=1, batch_size=4, val_fraction=0.2, test_fraction=0.2)
+    train_segmenter(images, masks, tmp_path / "run", config, progress=False)
+    checkpoint = load_checkpoint(tmp_path / "run" / "best.pt", kind="segmenter")
+    assert checkpoint["normalise"] == "per-image" and checkpoint["model_name"] == "cxr-unet"
+    segmenter = LungSegmenter.load(tmp_path / "run")
+    assert segmenter.normalisation == "per-image" and LungSegmenter.load().normalisation == "fixed"  # older file
+    pixels = read_image(next(images.iterdir())).pixels
+    # Per-image normalisation: a linear change of the grey levels leaves the mask as it was.
+    assert np.array_equal(segmenter.mask(pixels), segmenter.mask(0.2 + 0.5 * pixels))
+    with pytest.raises(ConfigError, match="learnt on 224x224 images normalised per-image; this run has image_size "
+                                          "128, normalise fixed: set image_size: 224, normalise: per-image"):
+        SegmenterConfig(model="cxr-unet", pretrained="lungscope-cxr")
+    with pytest.raises(ConfigError, match="lung-unet has no pretrained encoder"):
+        SegmenterConfig(pretrained="lungscope-cxr")
+
+
 def test_roi_model_trains_predicts_and_explains_on_the_full_image(lung_masks: Path, tmp_path: Path) -> None:
     config = TrainConfig(data=str(lung_masks / "images"), labels="tb", out=str(tmp_path / "run"), model="shallow-cnn",
                          roi="lungs", limit=60, epochs=1, seed=0)

@@ -4,7 +4,8 @@ One schema, versioned: :data:`VARIANTS` declares each layout lungscope writes (t
 keys it must hold), :func:`save_checkpoint` checks a state against it and stamps :data:`VERSION` under
 :data:`VERSION_KEY`, and :func:`load_checkpoint` refuses, in one line, a foreign, corrupt, newer or incomplete file.
 A file without the version key is version 1: the same layouts, written before the key existed (the bundled models),
-less the keys :data:`SINCE` names (a version-1 classifier has no ``preprocessing``: its config's keys say it).
+less the keys :data:`SINCE` names (a version-1 classifier has no ``preprocessing``: its config's keys say it; a
+segmenter older than version 3 has no ``normalise``: it was "fixed").
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import torch
 from lungscope.errors import ConfigError
 
 VERSION_KEY = "lungscope_checkpoint"
-VERSION = 2  # 1: the same layouts without the version key
-SINCE = {"preprocessing": 2}  # required keys that a file of an older version may lack
+VERSION = 3  # 1: the same layouts without the version key
+SINCE = {"preprocessing": 2, "normalise": 3}  # required keys that a file of an older version may lack
 
 Kind = Literal["classifier", "segmenter", "training state"]  # what a reader may ask for
 CLASSIFIER_VERBS = "predict, evaluate, explain, features, serve, export"
@@ -45,8 +46,8 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
     "training state": Variant("progress", ("model", "ema", "optimizer", "scheduler", "progress"),
                               "a training state (last.pt)", "train --resume", "training state"),
-    "segmenter": Variant("model_name", ("model", "model_name", "image_size"), "a lung segmenter checkpoint",
-                         "segment --model", "segmenter"),
+    "segmenter": Variant("model_name", ("model", "model_name", "image_size", "normalise"),
+                         "a lung segmenter checkpoint", "segment --model", "segmenter"),
     "two-stage classifier": Variant("head", (*CLASSIFIER_KEYS, "head", "fit"), "a two-stage classifier checkpoint",
                                     CLASSIFIER_VERBS, "classifier"),
     "classifier": Variant("classes", CLASSIFIER_KEYS, "a classifier checkpoint", CLASSIFIER_VERBS, "classifier"),

@@ -43,6 +43,12 @@ class CXRResNet(nn.Module):
 
     def __init__(self, num_classes: int, in_channels: int, width: int, blocks: tuple[int, ...], dropout: float) -> None:
         super().__init__()
+        if isinstance(width, bool) or not isinstance(width, int) or width < 4:
+            raise ConfigError(f"cxr-resnet width must be an integer >= 4, got {width!r}")
+        if not blocks or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in blocks):
+            raise ConfigError(f"cxr-resnet blocks must be positive integers, got {blocks!r}")
+        if not 0 <= dropout < 1:
+            raise ConfigError(f"cxr-resnet dropout must be in [0, 1), got {dropout}")
         stages: list[nn.Module] = [
             nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False),
             nn.BatchNorm2d(width),
@@ -82,10 +88,4 @@ def cxr_resnet(
     num_classes: int, in_channels: int, width: int = 32, blocks: tuple[int, ...] | list[int] = (2, 2, 2, 2),
     dropout: float = 0.2,
 ) -> nn.Module:
-    if isinstance(width, bool) or not isinstance(width, int) or width < 4:
-        raise ConfigError(f"cxr-resnet width must be an integer >= 4, got {width!r}")
-    if not blocks or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in blocks):
-        raise ConfigError(f"cxr-resnet blocks must be positive integers, got {blocks!r}")
-    if not 0 <= dropout < 1:
-        raise ConfigError(f"cxr-resnet dropout must be in [0, 1), got {dropout}")
     return CXRResNet(num_classes, in_channels, width, tuple(blocks), dropout)

@@ -13,7 +13,14 @@ from torch import nn
 
 from lungscope.errors import ConfigError
 from lungscope.models.layers import count_parameters
-from lungscope.models.weights import LUNGSCOPE_CXR, imagenet_state_dict, load_weights, lungscope_cxr, read_state_dict
+from lungscope.models.weights import (
+    LUNGSCOPE_CXR,
+    imagenet_state_dict,
+    load_encoder,
+    load_weights,
+    lungscope_cxr,
+    read_state_dict,
+)
 
 Family = Literal["paper", "torchvision", "composite", "segmentation"]
 FAMILIES: tuple[str, ...] = ("paper", "torchvision", "composite", "segmentation")
@@ -30,6 +37,7 @@ class ModelSpec:
     description: str
     builder: Callable[..., nn.Module]
     family: str  # "paper", "torchvision", "composite" (built of other registry models) or "segmentation"
+    encoder_of: str | None = None  # a classifier whose ``features`` are this net's encoder: its weights start it
 
     @property
     def options(self) -> list[str]:
@@ -49,16 +57,18 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(
-    name: str, *, input_size: int, description: str, family: Family
+    name: str, *, input_size: int, description: str, family: Family, encoder_of: str | None = None
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering a builder under ``name``; returns the builder unchanged."""
+    """Decorator registering a builder under ``name``; returns the builder unchanged. ``encoder_of``: the registry
+    name of a classifier whose ``features`` module the network has under the same name (pretrained weights of that
+    classifier then start the encoder, see :func:`create_model`)."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelSpec(name, input_size, description, builder, family)
+        _REGISTRY[name] = ModelSpec(name, input_size, description, builder, family, encoder_of)
         return builder
 
     return decorate
@@ -96,7 +106,8 @@ def create_model(
     ``pretrained``: ``None`` (random init), ``"imagenet"`` (torchvision backbones only), ``"lungscope-cxr"`` (the
     bundled chest X-ray classifier, for its own architecture only; its head is kept only when ``classes`` are its
     classes) or the path of a state dict / lungscope checkpoint; see
-    :func:`lungscope.models.weights.load_weights` for how it is fitted.
+    :func:`lungscope.models.weights.load_weights` for how it is fitted. A network registered with ``encoder_of``
+    takes the ``features`` of that classifier's weights (:func:`lungscope.models.weights.load_encoder`).
     """
     spec = get_spec(name)
     unknown = sorted(set(options) - set(spec.options))
@@ -116,7 +127,7 @@ def create_model(
         return model
     fresh_head = False
     if pretrained == LUNGSCOPE_CXR:
-        weights = lungscope_cxr(name)
+        weights = lungscope_cxr(spec.encoder_of or name)
         state, source = weights.state, weights.source
         fresh_head = classes is not None and tuple(classes) != weights.classes
     elif pretrained == "imagenet":
@@ -127,5 +138,8 @@ def create_model(
         state, source = imagenet_state_dict(name), f"ImageNet weights of {name}"
     else:
         state, source = read_state_dict(pretrained), os.fspath(pretrained)
-    load_weights(model, state, source=source, model_name=name, fresh_head=fresh_head)
+    if spec.encoder_of:
+        load_encoder(model, state, source=source, model_name=name)
+    else:
+        load_weights(model, state, source=source, model_name=name, fresh_head=fresh_head)
     return model

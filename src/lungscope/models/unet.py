@@ -1,16 +1,23 @@
-"""A compact U-Net for lung-field segmentation (Ronneberger et al. 2015), small enough to ship and to run on a CPU.
+"""U-Nets for lung-field segmentation (Ronneberger et al. 2015), small enough to ship and to run on a CPU.
 
-Same shape as the original (two 3x3 convolutions per level, max-pool down, transposed convolution up, skip
-connections by concatenation), with batch norm after each convolution, padding so the output has the input's size,
-and ``base`` channels at the top level doubling per level (the paper: 64 and 5 levels; 16 and 4 suffice for lungs).
+``lung-unet`` has the original's shape (two 3x3 convolutions per level, max-pool down, transposed convolution up,
+skip connections by concatenation), with batch norm after each convolution, padding so the output has the input's
+size, and ``base`` channels at the top level doubling per level (the paper: 64 and 5 levels; 16 and 4 suffice).
+
+``cxr-unet`` is a U-Net whose encoder is ``cxr-resnet``'s ``features`` (the same modules under the same names), so
+lungscope's own chest X-ray classifier can start it (``pretrained="lungscope-cxr"`` or a cxr-resnet checkpoint):
+the encoder-transfer U-Nets of lung segmentation (e.g. TernausNet, Iglovikov & Shvets 2018, with ImageNet's VGG),
+here with a chest X-ray encoder, as no ImageNet weights can be fetched offline.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from lungscope.errors import ConfigError
+from lungscope.models.cxr import CXRResNet
 from lungscope.models.registry import register_model
 
 
@@ -62,3 +69,51 @@ class UNet(nn.Module):
 )
 def lung_unet(num_classes: int = 1, in_channels: int = 1, base: int = 16, depth: int = 4) -> UNet:
     return UNet(num_classes, in_channels, base, depth)
+
+
+class CXRUNet(nn.Module):
+    """``cxr-resnet``'s ``features`` as the encoder (strides 2, 4, 8, 16, 32), a decoder that doubles the resolution
+    four times (bilinear upsampling, concatenation with the encoder's map of that size, two 3x3 convolutions), and a
+    1x1 head at half the input's side whose logits are upsampled bilinearly to the input's side (lung borders are
+    smooth: a mask at half resolution and back keeps a Dice of 0.998, see benchmarks/results/segmentation.md)."""
+
+    def __init__(self, num_classes: int, in_channels: int, width: int, blocks: tuple[int, ...]) -> None:
+        super().__init__()
+        self.features = CXRResNet(2, in_channels, width, blocks, dropout=0.0).features  # validates width, blocks
+        # The maps kept for the skips: the stem's ReLU (stride 2), then each stage but the last.
+        self.skips = [2, *range(4, 4 + len(blocks) - 1)]
+        widths = [width, *(width * 2**index for index in range(len(blocks)))]  # stem, then each stage
+        channels = widths[-1]
+        self.merge = nn.ModuleList()
+        for skip in reversed(widths[1:-1]):  # each merge keeps its skip's width, the stem's (stride 2) half of it
+            self.merge.append(_double_conv(channels + skip, skip))
+            channels = skip
+        self.merge.append(_double_conv(channels + widths[0], widths[0] // 2))
+        self.head = nn.Conv2d(widths[0] // 2, num_classes, 1)
+        self.multiple = 2 ** (len(blocks) + 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] % self.multiple or x.shape[-1] % self.multiple:
+            raise ValueError(f"cxr-unet input sides must be multiples of {self.multiple}, got {tuple(x.shape[-2:])}")
+        size, kept = x.shape[-2:], []
+        for index, module in enumerate(self.features):
+            x = module(x)
+            if index in self.skips:
+                kept.append(x)
+        for merge, skip in zip(self.merge, reversed(kept)):
+            up = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = merge(torch.cat([skip, up], dim=1))
+        return F.interpolate(self.head(x), size=size, mode="bilinear", align_corners=False)
+
+
+@register_model(
+    "cxr-unet",
+    input_size=224,
+    description="U-Net on cxr-resnet's encoder (base width 32), startable from lungscope-cxr; per-pixel logits",
+    family="segmentation",
+    encoder_of="cxr-resnet",
+)
+def cxr_unet(
+    num_classes: int = 1, in_channels: int = 1, width: int = 32, blocks: tuple[int, ...] | list[int] = (2, 2, 2, 2)
+) -> CXRUNet:
+    return CXRUNet(num_classes, in_channels, width, tuple(blocks))

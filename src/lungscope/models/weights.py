@@ -120,6 +120,35 @@ def check_pretrained_input(
         )
 
 
+def load_encoder(
+    model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str, model_name: str
+) -> None:
+    """Load a classifier's ``features.*`` weights into ``model.features`` (an encoder-transfer network, e.g. the
+    ``cxr-unet`` segmenter on ``cxr-resnet``'s encoder), every encoder key required; the rest of ``model`` keeps its
+    initialisation. A missing, unexpected or differently shaped key raises :class:`ConfigError` naming a few."""
+    prefix = "features."
+    part = {key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)}
+    encoder = model.get_submodule("features")
+    target = encoder.state_dict()
+    missing = [key for key in target if key not in part and not key.endswith("num_batches_tracked")]
+    unexpected = [key for key in part if key not in target]
+    mismatched = [f"{key} {tuple(value.shape)} != {tuple(target[key].shape)}" for key, value in part.items()
+                  if key in target and value.shape != target[key].shape]
+    _refuse_unfitting(f"{source} does not fit {model_name}'s encoder", missing, unexpected, mismatched)
+    encoder.load_state_dict({**target, **part})
+
+
+def _refuse_unfitting(what: str, missing: list[str], unexpected: list[str], mismatched: list[str]) -> None:
+    """One-line :class:`ConfigError` naming a few keys of each kind of problem, if there is any."""
+    problems = [
+        _listed(label, keys)
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched))
+        if keys
+    ]
+    if problems:
+        raise ConfigError(f"{what}: {'; '.join(problems)}")
+
+
 def _listed(label: str, items: list[str]) -> str:
     more = f" (+{len(items) - _SHOWN} more)" if len(items) > _SHOWN else ""
     return f"{label} {', '.join(items[:_SHOWN])}{more}"
@@ -160,11 +189,5 @@ def load_weights(
             mismatched.append(f"{key} {tuple(value.shape)} != {tuple(want)}")
     # Checkpoints older than BatchNorm's batch counter lack num_batches_tracked; the model's value is kept.
     missing = [k for k in target if k not in state and k not in head_keys and not k.endswith("num_batches_tracked")]
-    problems = [
-        _listed(label, keys)
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched))
-        if keys
-    ]
-    if problems:
-        raise ConfigError(f"{source} does not fit {model_name}: {'; '.join(problems)}")
+    _refuse_unfitting(f"{source} does not fit {model_name}", missing, unexpected, mismatched)
     model.load_state_dict(fitted)

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 from lungscope.bundled import SEGMENTER
 from lungscope.checkpoint import load_checkpoint
+from lungscope.data.transforms import PerImageStandardize
 from lungscope.models import create_model
 from lungscope.segmentation.masks import clean_mask
 
@@ -29,20 +30,23 @@ def resized(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
                       for image in images])
 
 
-def normalise(batch: torch.Tensor) -> torch.Tensor:
-    """A [0, 1] batch as the network's input."""
-    return (batch - MEAN) / STD
+def normalise(batch: torch.Tensor, how: str = "fixed") -> torch.Tensor:
+    """A [0, 1] batch as the network's input: ``"fixed"`` ``(x - MEAN) / STD``, or ``"per-image"`` each image by its
+    own mean and standard deviation (as ``lungscope-cxr``, whose encoder a ``cxr-unet`` starts from, saw X-rays)."""
+    return (batch - MEAN) / STD if how == "fixed" else PerImageStandardize()(batch)
 
 
 class LungSegmenter:
-    """A lung U-Net with its input size. Build with :meth:`load`; ``threshold`` applies to the lung probability."""
+    """A lung U-Net with its input size and normalisation. Build with :meth:`load`; ``threshold`` applies to the lung
+    probability."""
 
     def __init__(self, model: nn.Module, input_size: int, info: dict[str, Any] | None = None,
-                 threshold: float = 0.5) -> None:
+                 threshold: float = 0.5, normalisation: str = "fixed") -> None:
         self.model = model.eval()
         self.input_size = input_size
         self.info = info or {}
         self.threshold = threshold
+        self.normalisation = normalisation
 
     @classmethod
     def load(cls, source: str | os.PathLike[str] = "default") -> LungSegmenter:
@@ -52,14 +56,16 @@ class LungSegmenter:
         state = load_checkpoint(path / "best.pt" if path.is_dir() else path, kind="segmenter")
         model = create_model(state["model_name"], num_classes=1, **state.get("model_options", {}))
         model.load_state_dict(state["model"])
-        return cls(model, int(state["image_size"]), {k: v for k, v in state.items() if k != "model"})
+        info = {k: v for k, v in state.items() if k != "model"}
+        # Before checkpoint version 3 every segmenter was normalised "fixed" (checkpoint.SINCE).
+        return cls(model, int(state["image_size"]), info, normalisation=state.get("normalise", "fixed"))
 
     @torch.inference_mode()
     def probabilities(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Per-pixel lung probability of each 2-D float [0, 1] image, at that image's resolution."""
         if not images:
             return []
-        logits = self.model(normalise(resized(images, self.input_size)))
+        logits = self.model(normalise(resized(images, self.input_size), self.normalisation))
         return [F.interpolate(logit[None], size=np.shape(image), mode="bilinear", align_corners=False)[0, 0]
                 .sigmoid().numpy() for logit, image in zip(logits, images)]
 

@@ -18,8 +18,10 @@ from torchvision.transforms import v2
 
 from lungscope.data.io import read_image
 from lungscope.data.splits import split_by_patient
+from lungscope.data.transforms import NORMALISATIONS
 from lungscope.errors import ConfigError
 from lungscope.models import create_model, get_spec
+from lungscope.models.weights import check_pretrained_input
 from lungscope.options import AT_LEAST_ONE, FRACTION, POSITIVE, Range, check_options, option
 from lungscope.progress import progress_bar
 from lungscope.segmentation.files import mask_scores, pair_files
@@ -35,7 +37,11 @@ class SegmenterConfig:
 
     model: str = option("lung-unet", help="registry name of a segmentation network")
     model_options: dict[str, Any] = option(default_factory=dict, help="keyword options of the registry's builder")
-    image_size: int = option(128, range=Range(16), help="network input side, a multiple of 8")
+    pretrained: str | None = option(None, help="lungscope-cxr (the bundled chest X-ray model) or PATH of a "
+                                    "cxr-resnet checkpoint: starts the encoder of cxr-unet; none: random")
+    image_size: int = option(128, range=Range(16), help="network input side, a multiple of 8 (of 32 for cxr-unet)")
+    normalise: str = option("fixed", choices=NORMALISATIONS,
+                            help="fixed: (x - 0.5) / 0.25; per-image: each image by its own mean and std")
     epochs: int = option(30, range=AT_LEAST_ONE, help="epochs to train")
     batch_size: int = option(16, range=AT_LEAST_ONE, help="images per step")
     lr: float = option(2e-3, range=POSITIVE, help="peak learning rate of the one-cycle schedule")
@@ -48,6 +54,12 @@ class SegmenterConfig:
         check_options(self)
         if self.image_size % 8:  # the U-Net halves it three times
             raise ConfigError(f"image_size must be a multiple of 8, not {self.image_size}")
+        spec = get_spec(self.model)
+        if self.pretrained is not None and spec.encoder_of is None:
+            raise ConfigError(f"{self.model} has no pretrained encoder; pretrained needs a network that has one "
+                              "(cxr-unet)")
+        check_pretrained_input(self.pretrained, model_name=spec.encoder_of or self.model,
+                               image_size=self.image_size, normalise=self.normalise)
 
 
 def _load(frame: pd.DataFrame, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,7 +87,7 @@ def _loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 
 def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-                 images: torch.Tensor, masks: torch.Tensor, batch_size: int) -> dict[str, float]:
+                 images: torch.Tensor, masks: torch.Tensor, batch_size: int, normalisation: str) -> dict[str, float]:
     """One pass over the training pairs in a random order, each pair jointly augmented; the mean loss per image."""
     model.train()
     augment, total = _augment(), 0.0
@@ -83,7 +95,7 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: 
         pairs = [augment(tv_tensors.Image(images[i]), tv_tensors.Mask(masks[i])) for i in batch]
         x = torch.stack([image for image, _ in pairs])
         y = torch.stack([mask for _, mask in pairs])
-        loss = _loss(model(normalise(x)), y)
+        loss = _loss(model(normalise(x, normalisation)), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -93,9 +105,9 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: 
 
 
 @torch.inference_mode()
-def _validate(model: nn.Module, images: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
+def _validate(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, normalisation: str) -> dict[str, float]:
     """The mean Dice of the raw (uncleaned) masks at the network's input size."""
-    predicted = model.eval()(normalise(images)) >= 0
+    predicted = model.eval()(normalise(images, normalisation)) >= 0
     return {"val_dice": float(np.mean([dice(p.numpy(), t.numpy()) for p, t in zip(predicted, masks >= 0.5)]))}
 
 
@@ -108,7 +120,6 @@ def train_segmenter(
     ``config.yaml``, ``metrics.csv``, ``best.pt`` with the split's file names, ``summary.json``), ``split.csv`` and
     ``test_scores.csv``; returns the summary."""
     config = config or SegmenterConfig()
-    get_spec(config.model)
     folder = RunFolder(out)
     folder.create(asdict(config))
     torch.manual_seed(config.seed)
@@ -118,7 +129,7 @@ def train_segmenter(
     parts = {name: split[split["split"] == name] for name in ("train", "val", "test")}
     train_x, train_y = _load(parts["train"], config.image_size)
     val_x, val_y = _load(parts["val"], config.image_size)
-    model = create_model(config.model, num_classes=1, **config.model_options)
+    model = create_model(config.model, num_classes=1, pretrained=config.pretrained, **config.model_options)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, epochs=config.epochs,
                                                     steps_per_epoch=-(-len(train_x) // config.batch_size))
@@ -134,12 +145,14 @@ def train_segmenter(
 
     state = Progress()
     run_epochs(state, config.epochs, record=record, monitor="val_dice", minimise=False,
-               train=lambda: _train_epoch(model, optimizer, scheduler, train_x, train_y, config.batch_size),
-               validate=lambda: _validate(model, val_x, val_y))
+               train=lambda: _train_epoch(model, optimizer, scheduler, train_x, train_y, config.batch_size,
+                                          config.normalise),
+               validate=lambda: _validate(model, val_x, val_y, config.normalise))
     bar.close()
     folder.save_best({
         "model": best_state, "epoch": state.best_epoch, "model_name": config.model,
-        "model_options": config.model_options, "image_size": config.image_size, "config": asdict(config),
+        "model_options": config.model_options, "image_size": config.image_size, "normalise": config.normalise,
+        "config": asdict(config),
         "val_dice": state.best, "split": {name: [Path(p).name for p in part["image"]] for name, part in parts.items()},
     })
     scores = mask_scores(LungSegmenter.load(folder.path / "best.pt"), parts["test"])
