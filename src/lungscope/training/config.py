@@ -15,6 +15,8 @@ from lungscope.errors import ConfigError
 from lungscope.evaluation.operating import CALIBRATIONS, DEFAULT_CALIBRATION
 from lungscope.options import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Range, check_options, option
 
+EMA_BN = ("recompute", "average")  # what the averaged weights' BatchNorm statistics are
+EMA_BN_IMAGES = 512  # training images that recompute them: enough for stable statistics, ~5% of an epoch's cost
 
 @dataclass
 class TrainConfig:
@@ -58,6 +60,11 @@ class TrainConfig:
     label_smoothing: float = option(0.0, range=FRACTION, help="label smoothing of the loss")
     ema: float = option(0.0, range=FRACTION,
                         help="decay of an exponential moving average of the weights (e.g. 0.999); 0 = off")
+    ema_bn: str = option("recompute", choices=EMA_BN,
+                         help="the averaged weights' BatchNorm statistics: recompute them on up to "
+                         f"{EMA_BN_IMAGES} un-augmented training images before each validation (as SWA does), or "
+                         "average them with the weights (torchvision's reference recipe: wrong in short runs of "
+                         "nets with a low BatchNorm momentum, e.g. MobileNetV3's 0.01)")
     lung_focus: float = option(0.0, range=NON_NEGATIVE, help="weight of the Grad-CAM-outside-the-lungs penalty "
                                "(lungscope.training.lung_focus); 0 = off")
     channels_last: bool = option(False, help="channels-last memory format (faster convolutions on CPUs with oneDNN)")

@@ -10,6 +10,7 @@ makes the split, validates, decides (best epoch, learning-rate schedule, early s
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import random
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
 
 from lungscope.checkpoint import load_checkpoint
@@ -45,7 +46,7 @@ from lungscope.evaluation.plots import plot_curves
 from lungscope.models import classifier_head, create_model, get_spec
 from lungscope.models.weights import check_pretrained_input
 from lungscope.progress import progress_bar
-from lungscope.training.config import TrainConfig
+from lungscope.training.config import EMA_BN_IMAGES, TrainConfig
 from lungscope.training.data import AugmentedImages, preload
 from lungscope.training.distributed import (
     SINGLE,
@@ -135,6 +136,10 @@ class Trainer:
             transform = self.preprocessing.augment_normalise(train=train and c.augment, augment=c.augment_config())
             masks = lung_masks(images, show=self.show, desc=f"segment {split}") if train and c.lung_focus else None
             sets.append(AugmentedImages(images, targets, transform, masks))
+            if train and c.ema and c.ema_bn == "recompute":
+                chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(c.seed))[:EMA_BN_IMAGES]
+                self.bn_images = AugmentedImages(images[chosen], [targets[i] for i in chosen.tolist()],
+                                                 self.preprocessing.augment_normalise(train=False))
         return sets[0], sets[1]
 
     def _optimizer(self, groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
@@ -235,7 +240,8 @@ class Trainer:
                                                                 c.label_smoothing)
         else:
             self.criterion = nn.CrossEntropyLoss(weight=device_weight, label_smoothing=c.label_smoothing)
-        # The averaged weights are the ones validated, kept in best.pt and shipped (BatchNorm statistics averaged too).
+        # The averaged weights are the ones validated, kept in best.pt and shipped (BatchNorm statistics averaged too,
+        # or recomputed before each validation: ema_bn).
         self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(c.ema), use_buffers=True) if c.ema else None
         self.evaluated = model if self.ema is None else self.ema.module
         # after the copy: the average has no hook
@@ -300,9 +306,13 @@ class Trainer:
                                self.bar, lung_focus=self.lung_focus, lung_weight=self.config.lung_focus, ema=self.ema)
 
     def _validate(self) -> dict[str, float]:
-        """Validation on rank 0 alone; every rank then takes the same decisions."""
+        """Validation on rank 0 alone; every rank then takes the same decisions. With ``ema_bn: recompute`` the
+        average validated (and kept in best.pt) is a copy with its BatchNorm statistics recomputed."""
         metrics = None
         if self.rank.is_main:
+            if self.ema is not None and self.config.ema_bn == "recompute":
+                self.evaluated = copy.deepcopy(self.ema.module)
+                update_bn(DataLoader(self.bn_images, batch_size=self.config.batch_size), self.evaluated, self.device)
             metrics = validation_metrics(*predict(self.evaluated, self.val_loader, self.device), self.weight)
         return broadcast(metrics, self.rank)
 
