@@ -23,6 +23,7 @@ import torch
 from lungscope.errors import ConfigError
 
 VERSION_KEY = "lungscope_checkpoint"
+BEST, LAST = "best.pt", "last.pt"  # a run folder's checkpoints: the chosen epoch's model, the state to resume
 VERSION = 3  # 1: the same layouts without the version key
 SINCE = {"preprocessing": 2, "normalise": 3}  # required keys that a file of an older version may lack
 

@@ -19,7 +19,7 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from lungscope.bundled import bundled_model
-from lungscope.checkpoint import load_checkpoint
+from lungscope.checkpoint import BEST, load_checkpoint
 from lungscope.data.io import read_image
 from lungscope.data.labels import decide
 from lungscope.data.transforms import ROI_CHOICES, Box, Preprocessing
@@ -32,7 +32,7 @@ def checkpoint_path(source: str | os.PathLike[str]) -> Path:
     """The checkpoint file of a run folder (its ``best.pt``), a checkpoint path, or a bundled model's name
     (``default``, ``tb``: :data:`lungscope.bundled.MODELS`)."""
     path = bundled_model(source) or Path(source)
-    return path / "best.pt" if path.is_dir() else path
+    return path / BEST if path.is_dir() else path
 
 
 def fingerprint(source: str | os.PathLike[str]) -> str:

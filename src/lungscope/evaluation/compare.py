@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from lungscope.checkpoint import BEST
 from lungscope.errors import ConfigError
 from lungscope.evaluation.formatting import format_ci
 from lungscope.evaluation.metrics import METRIC_NAMES
@@ -36,7 +37,7 @@ def _run_row(run_dir: Path) -> dict[str, Any]:
     """What a run is: from its checkpoint (model, options, parameters, image size) and ``summary.json``."""
     from lungscope.inference import Classifier  # torch-heavy: imported when a comparison is made
 
-    if not (run_dir / "best.pt").is_file():
+    if not (run_dir / BEST).is_file():
         raise ConfigError(f"{run_dir}: not a finished run folder (no best.pt)")
     classifier = Classifier.load(run_dir)
     summary_path = run_dir / "summary.json"

@@ -9,7 +9,7 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
-from lungscope.checkpoint import load_checkpoint, save_checkpoint
+from lungscope.checkpoint import BEST, load_checkpoint, save_checkpoint
 from lungscope.data.labels import decide
 from lungscope.data.transforms import Preprocessing
 from lungscope.errors import ConfigError
@@ -81,11 +81,11 @@ def store_operating_point(run_dir: str | Path, point: dict[str, Any]) -> None:
     """Write ``calibration.json`` and put temperature and threshold into ``best.pt``, so the file alone serves."""
     run_dir = Path(run_dir)
     (run_dir / CALIBRATION_FILE).write_text(json.dumps(point, indent=2) + "\n")
-    best = load_checkpoint(run_dir / "best.pt")
+    best = load_checkpoint(run_dir / BEST)
     best["operating_point"] = stored_point(point)
     # a run written before checkpoints carried their preprocessing gains the entry as it is saved again
     best["preprocessing"] = Preprocessing.of_checkpoint(best).to_dict()
-    save_checkpoint(best, run_dir / "best.pt")
+    save_checkpoint(best, run_dir / BEST)
 
 
 def calibrate_run(

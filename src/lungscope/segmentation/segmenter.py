@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lungscope.bundled import SEGMENTER
-from lungscope.checkpoint import load_checkpoint
+from lungscope.checkpoint import BEST, load_checkpoint
 from lungscope.data.transforms import PerImageStandardize
 from lungscope.models import create_model
 from lungscope.segmentation.masks import clean_mask
@@ -53,7 +53,7 @@ class LungSegmenter:
         """From a checkpoint written by :func:`lungscope.training.segmenter.train_segmenter` (or its run folder's
         ``best.pt``), or ``"default"``: the bundled lung U-Net. Loaded with ``weights_only=True``."""
         path = DEFAULT_SEGMENTER if str(source) == "default" else Path(source)
-        state = load_checkpoint(path / "best.pt" if path.is_dir() else path, kind="segmenter")
+        state = load_checkpoint(path / BEST if path.is_dir() else path, kind="segmenter")
         model = create_model(state["model_name"], num_classes=1, **state.get("model_options", {}))
         model.load_state_dict(state["model"])
         info = {k: v for k, v in state.items() if k != "model"}

@@ -28,7 +28,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
-from lungscope.checkpoint import load_checkpoint
+from lungscope.checkpoint import BEST, LAST, load_checkpoint
 from lungscope.data.datasets import scan_dataset
 from lungscope.data.labels import classes_for
 from lungscope.data.splits import kfold_by_patient, save_manifest, split_by_patient, subsample_by_patient
@@ -112,7 +112,7 @@ def _train_run(config: TrainConfig, run: Path, split: pd.DataFrame, progress: bo
     if (run / "summary.json").is_file():
         return
     try:
-        train(run_config, resume=(run / "last.pt").is_file(), progress=progress)
+        train(run_config, resume=(run / LAST).is_file(), progress=progress)
     except KeyboardInterrupt:
         print(f"interrupted in {run.name}; re-run the same command to continue (finished runs are kept, this one "
               "resumes)", file=sys.stderr)
@@ -122,7 +122,7 @@ def _train_run(config: TrainConfig, run: Path, split: pd.DataFrame, progress: bo
 def score_with_run(run: Path, rows: pd.DataFrame, *, progress: bool | None = None) -> pd.DataFrame:
     """``rows``' readable images, each with a probability column per class (``p_<CLASS>``) from ``run``'s
     ``best.pt``, preprocessed as the run validated them."""
-    best = load_checkpoint(run / "best.pt", kind="classifier")
+    best = load_checkpoint(run / BEST, kind="classifier")
     config = TrainConfig.from_dict(best["config"])
     model = create_model(config.model, num_classes=len(best["classes"]), **config.model_options)
     model.load_state_dict(best["model"])

@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lungscope.bundled import bundled_model
-from lungscope.checkpoint import save_checkpoint
+from lungscope.checkpoint import BEST, save_checkpoint
 from lungscope.data.labels import LABEL_SCHEMES, classes_for
 from lungscope.data.splits import load_manifest, save_manifest, split_by_patient
 from lungscope.data.transforms import Preprocessing
@@ -60,6 +60,7 @@ from lungscope.training.run_folder import RunFolder
 from lungscope.training.trainer import METRIC_COLUMNS
 
 SPLITS = ("train", "val", "test")
+BASELINE = "baseline.pt"  # the linear baseline head beside the dense one (best.pt)
 
 
 @dataclass
@@ -292,13 +293,14 @@ def train_head(config: HeadConfig, *, progress: bool | None = None) -> dict[str,
         threshold = point["threshold"]
         state = _checkpoint(model, {**run_config, "model_options": options}, classes, backbone.preprocessing,
                             {"fit": fit, "head": name})
+        checkpoint = BEST if name == "dense" else BASELINE
         if name == "dense":
             folder.save_best(state)
             store_operating_point(out, point)
         else:
-            save_checkpoint({**state, "operating_point": stored_point(point)}, out / "baseline.pt")
+            save_checkpoint({**state, "operating_point": stored_point(point)}, out / checkpoint)
         summary[name] = {
-            "checkpoint": "best.pt" if name == "dense" else "baseline.pt", "hidden": list(hidden), "dropout": dropout,
+            "checkpoint": checkpoint, "hidden": list(hidden), "dropout": dropout,
             **fit, "val": _measure(head, val, classes, threshold, config),
             "test": _measure(head, test, classes, threshold, config),
         }

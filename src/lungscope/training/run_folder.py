@@ -16,10 +16,8 @@ from typing import Any
 
 import yaml
 
-from lungscope.checkpoint import load_checkpoint, save_checkpoint
+from lungscope.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from lungscope.errors import ConfigError
-
-BEST, LAST = "best.pt", "last.pt"
 
 
 class RunFolder:

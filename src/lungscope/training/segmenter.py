@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from lungscope.checkpoint import BEST
 from lungscope.data.io import read_image
 from lungscope.data.splits import split_by_patient
 from lungscope.data.transforms import NORMALISATIONS
@@ -155,7 +156,7 @@ def train_segmenter(
         "config": asdict(config),
         "val_dice": state.best, "split": {name: [Path(p).name for p in part["image"]] for name, part in parts.items()},
     })
-    scores = mask_scores(LungSegmenter.load(folder.path / "best.pt"), parts["test"])
+    scores = mask_scores(LungSegmenter.load(folder.path / BEST), parts["test"])
     scores.to_csv(folder.path / "test_scores.csv", index=False)
     summary = {
         "images": {name: len(part) for name, part in parts.items()}, "best_epoch": state.best_epoch,

@@ -26,7 +26,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
 
-from lungscope.checkpoint import load_checkpoint
+from lungscope.checkpoint import BEST, LAST, load_checkpoint
 from lungscope.data.datasets import scan_dataset
 from lungscope.data.labels import classes_for
 from lungscope.data.splits import (
@@ -337,7 +337,7 @@ class Trainer:
         self.bar.set_postfix(epoch=row["epoch"], loss=f"{row['train_loss']:.4f}", val_auc=f"{row['val_auc']:.4f}")
 
     def _report_interrupt(self, progress: Progress) -> None:
-        if self.rank.is_main and (self.out / "last.pt").is_file():
+        if self.rank.is_main and (self.out / LAST).is_file():
             print(f"\ninterrupted after {progress.epoch} complete epoch(s); continue with: "
                   f"lungscope train --resume --out {self.out}")
         elif self.rank.is_main:
@@ -349,7 +349,7 @@ class Trainer:
         c = self.config
         metrics_path = self.out / "metrics.csv"
         plot_curves(metrics_path, self.out / "curves.png")
-        self.evaluated.load_state_dict(load_checkpoint(self.out / "best.pt")["model"])
+        self.evaluated.load_state_dict(load_checkpoint(self.out / BEST)["model"])
         point = operating_point(*predict(self.evaluated, self.val_loader, self.device),
                                 target_sensitivity=c.target_sensitivity, calibration=c.calibration)
         store_operating_point(self.out, point)
