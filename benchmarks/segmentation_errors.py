@@ -64,9 +64,9 @@ def main() -> None:
     truths = [read_image(DATA / "masks" / n).pixels >= 0.5 for n in names]
     masks = {model: LungSegmenter.load(p).masks(images) for model, p in zip(args.models, paths)}
     print(f"{len(names)} held-out images of {DATA}; worst = the {WORST:.0%} with the lowest Dice\n")
+    frames = {model: scores(predicted, truths, names) for model, predicted in masks.items()}
     table = {}
-    for model, predicted in masks.items():
-        frame = scores(predicted, truths, names)
+    for model, frame in frames.items():
         worst = frame.nsmallest(max(1, round(WORST * len(frame))), "dice")
         rest = frame.drop(worst.index)
         row = {"Dice": frame["dice"].mean(), "Dice p5": frame["dice"].quantile(0.05)}
@@ -77,8 +77,7 @@ def main() -> None:
         table[model] = row
     print(pd.DataFrame(table).round(3).to_string(), "\n")
     for first, second in itertools.combinations(masks, 2):
-        a = scores(masks[first], truths, names)["dice"]
-        b = scores(masks[second], truths, names)["dice"]
+        a, b = frames[first]["dice"], frames[second]["dice"]
         between = [dice(x, y) for x, y in zip(masks[first], masks[second])]
         print(f"{first} vs {second}: per-image Dice correlation {np.corrcoef(a, b)[0, 1]:.3f}; Dice between their "
               f"masks {np.mean(between):.3f} (5th percentile {np.quantile(between, 0.05):.3f})")
