@@ -1,42 +1,72 @@
 """Adult-normal specificity: how many normal adult chest X-rays from other hospitals a pneumonia model calls NORMAL.
 
     python benchmarks/adult_normals.py MODEL [MORE ...] [--data ../shared/data/lung_masks/images] [--tta N]
-        [--out benchmarks/results/adult_normals.md]
+        [--perturb NAME:LEVEL] [--out benchmarks/results/adult_normals.md]
 
 The Montgomery (``MCUCXR_*``) and Shenzhen (``CHNCXR_*``) images whose names end in ``_0`` are normal studies, one per
 patient, from two hospitals and devices the pediatric models never saw. Adults are not the models' population, but a
 model that has learnt lungs rather than one collection's look calls clear lungs clear: the fraction called NORMAL at
 the model's own operating threshold is a proxy for specificity under acquisition shift. 95% intervals: Wilson's
 (images are independent patients).
+
+``--perturb`` changes every image before the model's own preprocessing, to see what in an adult X-ray's look moves
+the answer: a perturbation of ``benchmarks/robustness.py`` at that level (``gamma:0.67``), or ``clahe:CLIP``
+(lungscope's :class:`~lungscope.data.transforms.Clahe`, which the model did not train with).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from scipy.stats import binomtest
 
+from lungscope.data.io import read_image
+from lungscope.data.transforms import Clahe
 from lungscope.evaluation.formatting import format_ci
 from lungscope.inference import Classifier
+from robustness import PERTURBATIONS
 
 SITES = {"MCUCXR": "Montgomery (USA)", "CHNCXR": "Shenzhen (China)"}
 
 
-def called_normal(model: str, paths: list[Path], tta: int = 1) -> list[bool]:
-    """Whether ``model`` calls each file NORMAL at its operating threshold, averaging ``tta`` views of each (every
-    file must be readable)."""
+def perturbation(spec: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The image change ``NAME:LEVEL`` names (see the module's docstring)."""
+    name, _, level = spec.partition(":")
+    try:
+        value = float(level)
+    except ValueError:
+        raise SystemExit(f"--perturb {spec}: expected NAME:LEVEL, e.g. gamma:0.67") from None
+    if name == "clahe":
+        return Clahe(clip_limit=value)
+    if name not in PERTURBATIONS:
+        raise SystemExit(f"--perturb {spec}: unknown {name!r}; choose clahe or {', '.join(PERTURBATIONS)}")
+    function = PERTURBATIONS[name][0]
+    rng = np.random.default_rng(0)
+    return lambda image: np.clip(function(image, value, rng), 0, 1).astype(np.float32)
+
+
+def called_normal(
+    model: str, paths: list[Path], tta: int = 1, perturb: Callable[[np.ndarray], np.ndarray] | None = None
+) -> list[bool]:
+    """Whether ``model`` calls each file NORMAL at its operating threshold, averaging ``tta`` views of each, each
+    image first changed by ``perturb`` if given (every file must be readable)."""
     classifier = Classifier.load(model)
     classifier.set_tta(tta)
     normal = classifier.classes.index("NORMAL")
-    calls = []
-    for prediction in classifier.predict_files([str(p) for p in paths]):
-        if prediction.error is not None:
-            raise SystemExit(f"{prediction.path}: {prediction.error}")
-        calls.append(int(classifier.decide(prediction.probabilities[None])[0]) == normal)
-    return calls
+    if perturb is None:
+        predictions = list(classifier.predict_files([str(p) for p in paths]))
+        errors = [f"{p.path}: {p.error}" for p in predictions if p.error is not None]
+        if errors:
+            raise SystemExit(errors[0])
+        probabilities = np.stack([p.probabilities for p in predictions])
+    else:
+        probabilities = classifier.predict_arrays([perturb(read_image(p).pixels) for p in paths])
+    return [int(call) == normal for call in classifier.decide(probabilities)]
 
 
 def cell(calls: list[bool]) -> str:
@@ -51,6 +81,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/lung_masks/images"))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--tta", type=int, default=1, help="test-time augmentation: views per image (as predict)")
+    parser.add_argument("--perturb", metavar="NAME:LEVEL", help="change each image first (see above)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/adult_normals.md"))
     args = parser.parse_args()
     if args.threads:
@@ -61,10 +92,12 @@ def main() -> None:
     lines = ["# Adult-normal specificity", "",
              "`python benchmarks/adult_normals.py " + " ".join(sys.argv[1:]) + "`", "",
              "Fraction of normal adult X-rays called NORMAL at each model's operating threshold, 95% Wilson interval"
-             + (f"; test-time augmentation, {args.tta} views per image." if args.tta > 1 else "."),
+             + (f"; test-time augmentation, {args.tta} views per image" if args.tta > 1 else "")
+             + (f"; every image changed by {args.perturb} first" if args.perturb else "") + ".",
              "", "| model | all | " + " | ".join(SITES.values()) + " |", "| --- |" + " --- |" * (1 + len(SITES))]
+    perturb = perturbation(args.perturb) if args.perturb else None
     for model in args.models:
-        calls = called_normal(model, paths, args.tta)
+        calls = called_normal(model, paths, args.tta, perturb)
         by_site = [[c for c, p in zip(calls, paths) if p.name.startswith(site)] for site in SITES]
         lines.append(f"| {model} | {cell(calls)} | " + " | ".join(cell(c) for c in by_site) + " |")
         print(lines[-1], flush=True)

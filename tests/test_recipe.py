@@ -124,6 +124,24 @@ def test_the_penalty_is_the_share_outside_the_lungs_and_training_lowers_it() -> 
     assert np.isfinite(shares).all() and shares.mean() > 0.6
 
 
+def test_the_penalty_trains_the_head_while_the_body_is_frozen() -> None:
+    """Two-stage fine-tuning first trains the head alone: the maps then carry no gradient of their own, yet the
+    penalty must be computable and reach the head (it crashed with "does not require grad" before)."""
+    torch.manual_seed(0)
+    model = create_model("cxr-resnet", width=8)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith("fc."))
+    focus = GradCamOutsideLungs(model)
+    left = torch.zeros(4, 1, 64, 64)
+    left[..., :32] = 1
+    penalty = focus(model(torch.randn(4, 1, 64, 64)), left)
+    penalty.backward()
+    assert 0 < float(penalty) < 1
+    assert model.fc.weight.grad is not None and float(model.fc.weight.grad.abs().sum()) > 0
+    assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("fc."))
+    focus.remove()
+
+
 def test_the_recipe_trains_on_real_x_rays_and_the_run_predicts(chest_xray: Path, tmp_path: Path) -> None:
     """Augmentation, per-image normalisation, label smoothing, EMA and lung focus in one short real run; its
     metrics.csv has training accuracy/AUC and the penalty; the Classifier predicts with the same normalisation."""

@@ -39,8 +39,15 @@ class GradCamOutsideLungs:
         self.maps: torch.Tensor | None = None
         self._handle = layer.register_forward_hook(self._keep)
 
-    def _keep(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        self.maps = output if torch.is_grad_enabled() else None
+    def _keep(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            self.maps = None
+        elif output.requires_grad:
+            self.maps = output
+        else:  # every layer up to here frozen (two-stage fine-tuning's first stage): the maps become a leaf, so
+            # Grad-CAM can be taken at them and the penalty trains what follows them (the head's class weights)
+            self.maps = output.detach().requires_grad_()
+        return self.maps if self.maps is not None else output
 
     def __call__(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         if self.maps is None:
