@@ -29,7 +29,7 @@ from lungscope.data.io import read_image
 from lungscope.data.transforms import Clahe
 from lungscope.evaluation.formatting import format_ci
 from lungscope.inference import Classifier
-from robustness import PERTURBATIONS
+from robustness import PERTURBATIONS, at_level
 
 SITES = {"MCUCXR": "Montgomery (USA)", "CHNCXR": "Shenzhen (China)"}
 
@@ -45,9 +45,8 @@ def perturbation(spec: str) -> Callable[[np.ndarray], np.ndarray]:
         return Clahe(clip_limit=value)
     if name not in PERTURBATIONS:
         raise SystemExit(f"--perturb {spec}: unknown {name!r}; choose clahe or {', '.join(PERTURBATIONS)}")
-    function = PERTURBATIONS[name][0]
     rng = np.random.default_rng(0)
-    return lambda image: np.clip(function(image, value, rng), 0, 1).astype(np.float32)
+    return lambda image: at_level(image, name, value, rng)
 
 
 def called_normal(

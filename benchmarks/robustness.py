@@ -91,9 +91,12 @@ def perturbed(image: np.ndarray, name: str, severity: int, seed: int) -> np.ndar
     """``image`` changed by perturbation ``name`` at ``severity`` 1-3 (0: unchanged), clipped to [0, 1]."""
     if severity == 0:
         return image
-    function, levels, _ = PERTURBATIONS[name]
-    rng = np.random.default_rng(seed)
-    return np.clip(function(image.astype(np.float32), levels[severity - 1], rng), 0, 1).astype(np.float32)
+    return at_level(image, name, PERTURBATIONS[name][1][severity - 1], np.random.default_rng(seed))
+
+
+def at_level(image: np.ndarray, name: str, level: float, rng: np.random.Generator) -> np.ndarray:
+    """``image`` changed by perturbation ``name`` at any ``level`` of its own unit, clipped to [0, 1]."""
+    return np.clip(PERTURBATIONS[name][0](image.astype(np.float32), level, rng), 0, 1).astype(np.float32)
 
 
 def score(classifier: Classifier, images: list[np.ndarray], labels: np.ndarray, batch: int = 64) -> dict[str, float]:
