@@ -146,6 +146,8 @@ def test_bad_requests(chest_xray: Path, tmp_path: Path) -> None:
         cross_validate(_config(chest_xray, tmp_path / "b"), 500)
     with pytest.raises(ConfigError, match="manifest"):
         cross_validate(_config(chest_xray, tmp_path / "c", manifest=str(tmp_path / "split.csv")), 3)
+    with pytest.raises(ConfigError, match="extra_train"):
+        cross_validate(_config(chest_xray, tmp_path / "e", extra_train="configs/adult-normals.csv"), 3)
     with pytest.raises(ConfigError, match="--data"):
         cross_validate(TrainConfig(out=str(tmp_path / "d")), 3)
     with pytest.raises(ConfigError, match="--out"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import torch
 import yaml
 
 from lungscope.cli import main
-from lungscope.errors import ConfigError
+from lungscope.data.datasets import scan_dataset
+from lungscope.errors import ConfigError, DatasetError
 from lungscope.models import create_model, get_spec
 from lungscope.training import TrainConfig, resume_config, train
 from lungscope.training import trainer as trainer_module
@@ -213,3 +215,35 @@ def test_resume_drops_a_metrics_row_written_after_last_pt(chest_xray: Path, tmp_
     metrics = pd.read_csv(run / "metrics.csv")
     assert metrics["epoch"].tolist() == [1, 2]
     assert metrics["train_loss"].iloc[1] != 99
+
+
+def _extra(rows: list[tuple[str, str]], path: Path) -> str:
+    pd.DataFrame(rows, columns=["path", "label"]).to_csv(path, index=False)
+    return str(path)
+
+
+def test_extra_train_images_join_the_training_split_only(chest_xray: Path, lung_masks: Path, tmp_path: Path) -> None:
+    adults = [str(p) for p in sorted((lung_masks / "images").glob("*_0.png"))[:5]]
+    config = TrainConfig(data=str(chest_xray / "train"), limit=60, seed=0,
+                         extra_train=_extra([(p, "NORMAL") for p in adults], tmp_path / "adults.csv"))
+    plain = trainer_module.make_split(dataclasses.replace(config, extra_train=None))
+    split = trainer_module.make_split(config)
+    added = split[split["path"].isin(adults)]
+    assert len(split) == len(plain) + 5 and len(added) == 5
+    assert set(added["split"]) == {"train"} and set(added["label"]) == {"NORMAL"}
+    pd.testing.assert_frame_equal(split[~split["path"].isin(adults)].reset_index(drop=True), plain)
+    again = trainer_module.with_extra_train(split, config.extra_train, "binary")  # already there: not twice
+    assert len(again) == len(split)
+
+
+def test_extra_train_refuses_an_image_the_run_validates_or_tests_on(chest_xray: Path, tmp_path: Path) -> None:
+    plain = trainer_module.make_split(TrainConfig(data=str(chest_xray / "train"), limit=60, seed=0))
+    held = plain[plain["split"] == "val"].iloc[0]
+    with pytest.raises(DatasetError, match="validated or tested on"):
+        trainer_module.with_extra_train(plain, _extra([(held["path"], held["label"])], tmp_path / "x.csv"), "binary")
+
+
+def test_the_shipped_adult_normals_are_the_shared_normal_adults(lung_masks: Path) -> None:
+    frame = scan_dataset(REPO / "configs" / "adult-normals.csv", labels="binary")
+    assert len(frame) == 287 == frame["patient_id"].nunique() == len(list((lung_masks / "images").glob("*_0.png")))
+    assert set(frame["label"]) == {"NORMAL"} and all(Path(p).stem.endswith("_0") for p in frame["path"])

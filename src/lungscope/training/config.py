@@ -29,6 +29,9 @@ class TrainConfig:
     labels: str = option("binary", choices=tuple(LABEL_SCHEMES), help="label scheme")
     manifest: str | None = option(None, help="an existing split manifest (path,label,patient_id,split) to train on, "
                                   "instead of a new split")
+    extra_train: str | None = option(None, help="a CSV manifest (path,label[,patient_id]) of further images for the "
+                                     "training split only, e.g. normal X-rays from other hospitals; never validated "
+                                     "or tested on")
     model_options: dict[str, Any] = option(default_factory=dict, help="keyword options of the registry's builder")
     pretrained: str | None = option(None, help="imagenet, lungscope-cxr (the bundled chest X-ray model; cxr-resnet "
                                     "only), PATH of a state dict, or none")

@@ -97,6 +97,8 @@ def _frame(config: TrainConfig) -> pd.DataFrame:
         raise ConfigError("an output folder (--out DIR) is required")
     if config.manifest:
         raise ConfigError(f"cross-validation makes its own splits from --data; drop the manifest {config.manifest}")
+    if config.extra_train:
+        raise ConfigError(f"cross-validation scores folds of --data alone; drop extra_train {config.extra_train}")
     if not config.data:
         raise ConfigError("give the data to cross-validate with --data DIR (or data: in --config)")
     frame = scan_dataset(config.data, labels=config.labels)

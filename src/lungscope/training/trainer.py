@@ -76,17 +76,32 @@ def seed_everything(seed: int) -> None:
 
 
 def make_split(config: TrainConfig) -> pd.DataFrame:
-    """The run's images with their ``split``: the given manifest, or a new patient-grouped split of ``data``."""
+    """The run's images with their ``split``: the given manifest, or a new patient-grouped split of ``data``; then
+    the ``extra_train`` images, in the training split."""
     if config.manifest:
         frame = load_manifest(config.manifest)
         missing = {"train", "val"} - set(frame["split"])
         if missing:
             raise DatasetError(f"{config.manifest}: the manifest has no {' or '.join(sorted(missing))} rows")
-        return frame
-    frame = scan_dataset(config.data, labels=config.labels)
-    if config.limit:
-        frame = subsample_by_patient(frame, config.limit, seed=config.seed)
-    return split_by_patient(frame, val=config.val_fraction, test=config.test_fraction, seed=config.seed)
+    else:
+        frame = scan_dataset(config.data, labels=config.labels)
+        if config.limit:
+            frame = subsample_by_patient(frame, config.limit, seed=config.seed)
+        frame = split_by_patient(frame, val=config.val_fraction, test=config.test_fraction, seed=config.seed)
+    return with_extra_train(frame, config.extra_train, config.labels) if config.extra_train else frame
+
+
+def with_extra_train(frame: pd.DataFrame, extra: str, labels: str) -> pd.DataFrame:
+    """``frame`` with the images of the manifest ``extra`` added as training rows (those already in its training
+    split once). An extra image or patient that ``frame`` validates or tests on raises :class:`DatasetError`: it would
+    leak into the figures the run is chosen and judged by."""
+    rows = scan_dataset(extra, labels=labels).assign(split="train")
+    held = frame[frame["split"] != "train"]
+    leaks = rows[rows["path"].isin(held["path"]) | rows["patient_id"].isin(held["patient_id"])]
+    if not leaks.empty:
+        raise DatasetError(f"{extra}: {len(leaks)} extra training images are validated or tested on too, e.g. "
+                           f"{leaks['path'].iloc[0]} (patient {leaks['patient_id'].iloc[0]})")
+    return pd.concat([frame, rows[~rows["path"].isin(frame["path"])]], ignore_index=True)
 
 
 class Trainer:
