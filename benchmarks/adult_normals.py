@@ -98,7 +98,9 @@ def main() -> None:
     for model in args.models:
         calls = called_normal(model, paths, args.tta, perturb)
         by_site = [[c for c, p in zip(calls, paths) if p.name.startswith(site)] for site in SITES]
-        lines.append(f"| {model} | {cell(calls)} | " + " | ".join(cell(c) for c in by_site) + " |")
+        extra = Classifier.load(model).config.get("extra_train")
+        name = f"{model} (trained with `extra_train: {extra}`: maybe on these very images)" if extra else model
+        lines.append(f"| {name} | {cell(calls)} | " + " | ".join(cell(c) for c in by_site) + " |")
         print(lines[-1], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")

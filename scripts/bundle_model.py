@@ -24,6 +24,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from adult_normals import SITES, called_normal, cell  # noqa: E402
+from lungscope.data.datasets import scan_dataset
 from lungscope.evaluation.evaluate import evaluate_run
 from lungscope.evaluation.formatting import format_metric
 from lungscope.inference import Classifier
@@ -31,6 +32,7 @@ from lungscope.models import count_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "src" / "lungscope" / "bundled"
+ADULTS_HELD_OUT = "## Held out: adult normals in training, cross-fitted"  # a heading of --adults
 NAMES = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "accuracy": "accuracy", "recall": "sensitivity (recall)",
          "specificity": "specificity", "precision": "precision", "f1": "F1", "balanced_accuracy": "balanced accuracy"}
 
@@ -86,6 +88,8 @@ def main() -> None:
     parser.add_argument("--check", type=Path, help="explain-check JSON on the TB images with their true masks")
     parser.add_argument("--check-internal", type=Path, help="explain-check JSON on internal test images")
     parser.add_argument("--minutes", type=float, help="wall-clock minutes the training took, to state in the card")
+    parser.add_argument("--adults", type=Path, default=REPO / "benchmarks" / "results" / "adult_normals.md",
+                        help="where the held-out adult figure of a run trained on adult normals lies")
     args = parser.parse_args()
 
     config = yaml.safe_load((args.run / "config.yaml").read_text())
@@ -100,14 +104,27 @@ def main() -> None:
     classifier = Classifier.load(BUNDLE / "pneumonia.pt")
     size_mb = (BUNDLE / "pneumonia.pt").stat().st_size / 1e6
     val, test = reports["val"], reports["test"]
-    normals_dir = REPO.parent / "shared" / "data" / "lung_masks" / "images"
-    normals = sorted(p for p in normals_dir.iterdir() if p.stem.endswith("_0"))
+    adults_dir = REPO.parent / "shared" / "data" / "lung_masks" / "images"
+    normals = sorted(p for p in adults_dir.iterdir() if p.stem.endswith("_0"))
     calls = called_normal(str(BUNDLE / "pneumonia.pt"), normals)
     by_site = {name: [c for c, p in zip(calls, normals) if p.name.startswith(site)] for site, name in SITES.items()}
     adults = f"all {cell(calls)}; " + "; ".join(f"{name} {cell(c)}" for name, c in by_site.items())
+    if config.get("extra_train"):  # the run trained on them: what it says of them is no test
+        adults = (f"these images are in its training split (`extra_train: {config['extra_train']}`), so its own "
+                  f"figure on them ({adults}) is not held out; held out, each half scored by the same recipe trained "
+                  f"with the other half: {_section(args.adults, ADULTS_HELD_OUT)}")
+    tb = sorted(p for p in adults_dir.iterdir() if p.stem.endswith("_1"))
+    flagged = [not call for call in called_normal(str(BUNDLE / "pneumonia.pt"), tb)]
     shift = _section(args.shift, "## Mean over the ten perturbations") if args.shift else "not measured"
     minutes = f"{args.minutes:.0f} minutes of wall-clock time" if args.minutes else "time not stated"
     augmentation = ", ".join(f"{k} {v}" for k, v in (config.get("augmentation") or {}).items()) or "defaults"
+    start = ("from scratch (no outside weights)" if not config.get("pretrained") else
+             f"fine-tuned from `{config['pretrained']}` (lungscope's own pediatric model, configs/lungscope-cxr.yaml)")
+    n_extra = len(scan_dataset(config["extra_train"], labels=config["labels"])) if config.get("extra_train") else 0
+    extra = (f" and {n_extra:,} normal adult X-rays of the Montgomery and Shenzhen sets (`extra_train: "
+             f"{config['extra_train']}`), labelled NORMAL, never validated or tested on" if n_extra else "")
+    adult_limit = (", and on healthy adults from two others but no sick adult: it is no adult screener (use "
+                   "`--model tb` for tuberculosis)" if n_extra else "")
     where = (f'{_share(args.check, "TB images with their true masks")}; '
              f'{_share(args.check_internal, "internal test images, segmenter masks")}.')
     card = f"""# Model card: lungscope's bundled pneumonia model
@@ -121,7 +138,7 @@ def main() -> None:
   whole image, normalised `{config.get('normalise', 'fixed')}`; softmax over {', '.join(classifier.classes)}.
   Grad-CAM's layer (the rectified class-activation maps its head pools; logits centred over the classes) is a
   {_grid(classifier)} grid.
-- Training: from scratch (no outside weights), {config['optimizer']} lr {config['lr']}, {config['scheduler']}
+- Training: {start}, {config['optimizer']} lr {config['lr']}, {config['scheduler']}
   schedule, {summary['epochs_run']} epochs (best by {config['monitor']}: epoch {summary['best_epoch']}), batch
   {config['batch_size']}, class weights {config.get('class_weights')}, label smoothing {config.get('label_smoothing')},
   weight averaging (EMA decay {config.get('ema')}), lung-aware training weight {config.get('lung_focus')} (Grad-CAM
@@ -139,9 +156,9 @@ def main() -> None:
 Pediatric chest X-rays (ages 1-5) from Guangzhou Women and Children's Medical Center: the training split of Kermany
 et al., Mendeley Data v2 (doi:10.17632/rscbjbr9sj.2, CC BY 4.0), 1,341 NORMAL and 3,875 PNEUMONIA images, as
 resized to 224x224 RGB JPEG before they reached us. Split by patient (no patient on two sides), stratified by label:
-{summary['n_train']:,} training images; validation {val['n_images']:,} images of {val['n_patients']:,} patients;
-held-out test {test['n_images']:,} images of {test['n_patients']:,} patients. The official test split of that data set
-was not available to us and is not used.
+{summary['n_train'] - n_extra:,} training images{extra}; validation {val['n_images']:,} images of
+{val['n_patients']:,} patients; held-out test {test['n_images']:,} images of {test['n_patients']:,} patients. The
+official test split of that data set was not available to us and is not used.
 
 ## Performance
 At the operating threshold, with 95% confidence intervals from {args.resamples:,} bootstrap resamples of patients.
@@ -154,7 +171,8 @@ Expected calibration error (10 bins) on the test split: {test['calibration']['ec
 
 **Other hospitals (proxy)**: normal adult X-rays of the Montgomery and Shenzhen sets called NORMAL (95% Wilson
 interval): {adults}. Adults are not the intended population; a model that has learnt lungs should still call clear
-lungs clear.
+lungs clear. The adult tuberculosis films of the same sets, called PNEUMONIA: {cell(flagged)} (its label is not
+theirs, but a sick adult lung called NORMAL is what a clinician must know it misses).
 
 **Acquisition shift** (`benchmarks/robustness.py`, mean over ten perturbations at each severity, held-out test):
 
@@ -166,9 +184,9 @@ lungs clear.
 ## Intended use and limits
 - A research and teaching tool for explainable screening, **not a diagnostic device**: it has not been validated
   clinically, and a clinician decides.
-- Trained on pediatric images from one hospital. Adults, other hospitals, other devices, portable or lateral views,
-  and findings other than pneumonia (tuberculosis, effusion, COVID-19, ...) are outside what it has seen; expect
-  lower and unknown performance there, and calibrate per site.
+- Trained on pediatric images from one hospital{adult_limit}. Adults, other hospitals, other devices, portable or
+  lateral views, and findings other than pneumonia (tuberculosis, effusion, COVID-19, ...) are outside what it has
+  seen; expect lower and unknown performance there, and calibrate per site.
 - Bacterial and viral pneumonia are one class here.
 - Its Grad-CAM maps are {_grid(classifier)}-cell guides to where the score came from, not segmentations.
 """

@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 FOLDER = Path(__file__).resolve().parent
-MODELS = {"default": FOLDER / "pneumonia.pt", "tb": FOLDER / "tb.pt"}  # default is also the lungscope-cxr backbone
+MODELS = {"default": FOLDER / "pneumonia.pt", "tb": FOLDER / "tb.pt"}
+CXR_BACKBONE = FOLDER / "lungscope-cxr.pt"  # pretrained: lungscope-cxr, which default and tb were fine-tuned from
 TASKS = {"default": "pneumonia, children", "tb": "tuberculosis, adults"}  # what each answers, for help texts
 SEGMENTER = FOLDER / "lung-unet.pt"
 

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import torch
 from torchvision.models import get_model, get_model_weights
 
-from lungscope.bundled import MODELS
+from lungscope.bundled import CXR_BACKBONE
 from lungscope.checkpoint import load_checkpoint
 from lungscope.errors import ConfigError
 from lungscope.models.layers import first_conv_layer, named_classifier_head
@@ -20,7 +20,7 @@ from lungscope.models.layers import first_conv_layer, named_classifier_head
 _SHOWN = 3  # keys named per kind of problem in an error message
 
 LUNGSCOPE_CXR = "lungscope-cxr"  # the ``pretrained`` name of lungscope's own chest X-ray model, the one below
-LUNGSCOPE_CXR_CHECKPOINT = MODELS["default"]
+LUNGSCOPE_CXR_CHECKPOINT = CXR_BACKBONE
 
 
 def _one_line(exc: BaseException) -> str:
@@ -83,8 +83,8 @@ class ChestXrayWeights:
 
 
 def lungscope_cxr(model_name: str | None = None) -> ChestXrayWeights:
-    """The bundled pneumonia classifier (``LUNGSCOPE_CXR_CHECKPOINT``) as pretrained weights for ``model_name``:
-    a one-line :class:`ConfigError` if it is another architecture."""
+    """lungscope's own chest X-ray classifier (``LUNGSCOPE_CXR_CHECKPOINT``, pneumonia in children) as pretrained
+    weights for ``model_name``: a one-line :class:`ConfigError` if it is another architecture."""
     checkpoint = load_checkpoint(LUNGSCOPE_CXR_CHECKPOINT, kind="classifier")
     config = checkpoint["config"]
     options = ", ".join(f"{k} {v}" for k, v in config.get("model_options", {}).items())
