@@ -379,6 +379,11 @@ def test_figure_titles_give_the_positive_class_probability_like_predict(
     """A NORMAL call reads ``P(PNEUMONIA) = 0.138 - NORMAL``, the number the page, CSV and terminal show."""
     assert prediction_title(["NORMAL", "PNEUMONIA"], np.array([0.862, 0.138]), 0) == "P(PNEUMONIA) = 0.138 - NORMAL"
     assert prediction_title(["a", "b", "c"], np.array([0.2, 0.1, 0.7]), 2) == "P(c) = 0.700 - c"
+    assert (prediction_title(["NORMAL", "PNEUMONIA"], np.array([0.086, 0.914]), 0, 0.9145)
+            == "P(PNEUMONIA) = 0.9140 - NORMAL (threshold 0.9145)")
+    assert (prediction_title(["NORMAL", "PNEUMONIA"], np.array([0.2, 0.8]), 1, 0.4)
+            == "P(PNEUMONIA) = 0.800 - PNEUMONIA (threshold 0.400)")
+    assert prediction_title(["a", "b", "c"], np.array([0.2, 0.1, 0.7]), 2, 0.5) == "P(c) = 0.700 - c"
     image = Path(__file__).resolve().parents[1] / "samples" / "NORMAL" / "IM-0133-0001.jpeg"
     bundled = Classifier.load("default")
     (row,) = bundled.predict_files([str(image)])
@@ -394,4 +399,6 @@ def test_figure_titles_give_the_positive_class_probability_like_predict(
     explain_files("default", [image], tmp_path, methods=["gradcam"], device="cpu", progress=False)
     (title,) = titles
     probability = format_probability(row.probabilities[1])
-    assert title.startswith(f"{image.name}: P(PNEUMONIA) = {probability} - NORMAL; gradcam")
+    assert bundled.threshold is not None
+    threshold = format_probability(bundled.threshold)
+    assert title.startswith(f"{image.name}: P(PNEUMONIA) = {probability} - NORMAL (threshold {threshold}); gradcam")

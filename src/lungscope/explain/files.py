@@ -143,8 +143,9 @@ def explain_files(
                     explanation = explain(classifier.model, inputs, method, targets, layer, warn=False)
                     for i, (path, (pixels, _)) in enumerate(good):
                         maps[f"{stems[path]}/{method}"] = explanation.maps[i]
-                        title = (f"{path.name}: {prediction_title(classifier.classes, probs[i], int(targets[i]))}"
-                                 f"; {method}" + (f" at {explanation.layer}" if explanation.layer else ""))
+                        called = prediction_title(classifier.classes, probs[i], int(targets[i]), classifier.threshold)
+                        title = (f"{path.name}: {called}; {method}"
+                                 + (f" at {explanation.layer}" if explanation.layer else ""))
                         png = out / f"{stems[path]}_{method}.png"
                         try:
                             _figure(pixels, explanation.maps[i], classifier, title, style).savefig(png, dpi=100)

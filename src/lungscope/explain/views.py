@@ -112,11 +112,20 @@ def map_to_image(
     return F.interpolate(crop[None, None], size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def prediction_title(classes: Sequence[str], probabilities: np.ndarray, called: int) -> str:
+def prediction_title(
+    classes: Sequence[str], probabilities: np.ndarray, called: int, threshold: float | None = None
+) -> str:
     """The prediction as the page, CSV and terminal give it: the probability of the positive class (of the called
-    class when there are more than two) and the class called, e.g. ``P(PNEUMONIA) = 0.138 - NORMAL``."""
+    class when there are more than two) and the class called, e.g. ``P(PNEUMONIA) = 0.138 - NORMAL``; with a
+    binary ``threshold``, it too (a high probability called NORMAL puzzles a reader who does not see it)."""
     shown = 1 if len(classes) == 2 else called
-    return f"P({classes[shown]}) = {format_probability(float(probabilities[shown]))} - {classes[called]}"
+    value = float(probabilities[shown])
+    if threshold is None or len(classes) != 2:
+        return f"P({classes[shown]}) = {format_probability(value)} - {classes[called]}"
+    # as many decimals as tell the probability from the threshold (0.9140 below 0.9145, not 0.914 and 0.914)
+    decimals = next((d for d in range(3, 7) if format_probability(value, d) != format_probability(threshold, d)), 6)
+    return (f"P({classes[shown]}) = {format_probability(value, decimals)} - {classes[called]} "
+            f"(threshold {format_probability(threshold, decimals)})")
 
 
 def explanation_figure(
