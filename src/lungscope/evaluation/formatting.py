@@ -21,6 +21,14 @@ def format_probability(value: float, decimals: int = 3) -> str:
     return f"{value:.{decimals}f}"
 
 
+def format_against(value: float, threshold: float) -> tuple[str, str]:
+    """``value`` and the ``threshold`` it was called against, with as many decimals as tell them apart (0.9140
+    below 0.9145, not 0.914 beside 0.914, which reads as a contradiction)."""
+    apart = (d for d in range(3, MAX_DECIMALS + 1) if format_probability(value, d) != format_probability(threshold, d))
+    decimals = next(apart, MAX_DECIMALS)
+    return format_probability(value, decimals), format_probability(threshold, decimals)
+
+
 def describe_calibration(calibration: dict[str, Any]) -> str:
     """The calibration a run stores, named as fitted: temperature scaling, or temperature and per-class bias."""
     if calibration.get("bias") is None:

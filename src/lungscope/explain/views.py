@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from lungscope.data.transforms import Box, ResizeImage
 from lungscope.errors import ConfigError
-from lungscope.evaluation.formatting import format_probability
+from lungscope.evaluation.formatting import format_against, format_probability
 
 SIGNS: tuple[str, ...] = ("positive", "negative", "absolute", "all")
 DEFAULT_CMAP = "jet"
@@ -122,10 +122,8 @@ def prediction_title(
     value = float(probabilities[shown])
     if threshold is None or len(classes) != 2:
         return f"P({classes[shown]}) = {format_probability(value)} - {classes[called]}"
-    # as many decimals as tell the probability from the threshold (0.9140 below 0.9145, not 0.914 and 0.914)
-    decimals = next((d for d in range(3, 7) if format_probability(value, d) != format_probability(threshold, d)), 6)
-    return (f"P({classes[shown]}) = {format_probability(value, decimals)} - {classes[called]} "
-            f"(threshold {format_probability(threshold, decimals)})")
+    shown_value, shown_threshold = format_against(value, threshold)
+    return f"P({classes[shown]}) = {shown_value} - {classes[called]} (threshold {shown_threshold})"
 
 
 def explanation_figure(
