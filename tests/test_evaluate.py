@@ -21,7 +21,7 @@ from lungscope.data.datasets import scan_dataset
 from lungscope.data.splits import load_manifest, save_manifest, subsample_by_patient
 from lungscope.errors import ConfigError, DatasetError
 from lungscope.evaluation.evaluate import Evaluation, evaluate_run, format_report
-from lungscope.evaluation.formatting import format_ci, format_metric, format_probability
+from lungscope.evaluation.formatting import format_against, format_ci, format_metric, format_probability
 from lungscope.evaluation.plots import save_figures
 from lungscope.training import TrainConfig, train
 from test_metrics import sklearn_binary
@@ -210,6 +210,8 @@ def test_probabilities_near_0_and_1_keep_enough_digits() -> None:
     assert [format_probability(v) for v in values] == [
         "0.500", "0.123", "0.99970", "0.99940", "0.00040", "0.9950", "0.050", "0.000", "1.000", ">0.999999",
         "<0.000001"]
+    assert format_against(0.9138, 0.9145) == ("0.9138", "0.9145")  # not 0.914 beside 0.914
+    assert format_against(0.2, 0.4) == ("0.200", "0.400")
 
 
 def test_terminal_report_shows_a_threshold_near_1_and_the_stored_calibration(held_out: Evaluation) -> None:

@@ -114,6 +114,7 @@ def test_cli_exit_codes_and_results_page(folder: Path, tmp_path: Path, capsys) -
     assert sum(1 for r in rows if r["error"]) == 2 and sum(1 for r in rows if not r["error"]) == 7
     page = (out / "index.html").read_text()
     assert page.count("<section>") == 9 and page.count("_gradcam.png") == 7
+    assert page.count("(threshold ") == 7  # each probability beside the threshold it was called at
     assert all((out / src.split('"')[0]).is_file() for src in page.split('<img src="')[1:])
     good = sorted(folder.glob("*.jpeg"))[1]
     assert main(["predict", str(good)]) == 0

@@ -16,6 +16,7 @@ import pandas as pd
 from lungscope.data.datasets import collect_inputs
 from lungscope.data.labels import decide
 from lungscope.errors import ConfigError
+from lungscope.evaluation.formatting import format_against
 from lungscope.inference import Classifier, Prediction
 from lungscope.progress import progress_bar
 
@@ -208,9 +209,11 @@ def write_results_page(
     *,
     model: str,
     figures: dict[str, str] | None = None,
+    threshold: float | None = None,
 ) -> Path:
     """A small HTML page of batch predictions, most probable first, with each image's explanation figure
-    (``figures``: path -> PNG file, linked relative to the page) where there is one."""
+    (``figures``: path -> PNG file, linked relative to the page) where there is one, and the binary decision
+    ``threshold`` the predictions were called at beside each probability."""
     from html import escape
 
     out_html = Path(out_html)
@@ -223,7 +226,8 @@ def write_results_page(
                    if figure else "")
         verdict = (f'<span class="error">{escape(row["error"])}</span>' if row["error"] else
                    f'<b class="{escape(row["prediction"])}">{escape(row["prediction"])}</b> '
-                   f'p = {row["probability"]:.3f}')
+                   + (f'p = {row["probability"]:.3f}' if threshold is None else
+                      "p = {} (threshold {})".format(*format_against(row["probability"], threshold))))
         cards.append(f'<section><h2>{escape(Path(row["path"]).name)}</h2><p>{verdict}</p>{picture}</section>')
     out_html.write_text(f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>lungscope predictions</title>

@@ -22,7 +22,7 @@ from lungscope.errors import ConfigError
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from lungscope.predict import predict_to_files, write_results_page
+    from lungscope.predict import predict_to_files, resolve_threshold, write_results_page
 
     if args.engine == "spark":
         return _predict_on_spark(args)
@@ -51,7 +51,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                    if (figure := str(args.out / f"{stem}_{args.explain[0]}.png")) in written}
         print(f"wrote {len(result['written'])} explanation figure(s) to {args.out}")
     if args.html:
-        page = write_results_page(run.rows, args.out / "index.html", model=str(args.model), figures=figures)
+        page = write_results_page(run.rows, args.out / "index.html", model=str(args.model), figures=figures,
+                                  threshold=resolve_threshold(classifier, args.threshold))
         print(f"results page: {page.resolve()}")
     print(f"{run.n_predicted} predicted, {run.n_failed} could not be read", file=sys.stderr)
     return EXIT_PARTIAL if run.n_failed else EXIT_OK
