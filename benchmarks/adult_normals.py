@@ -50,12 +50,10 @@ def perturbation(spec: str) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def called_normal(
-    model: str, paths: list[Path], tta: int = 1, perturb: Callable[[np.ndarray], np.ndarray] | None = None
+    classifier: Classifier, paths: list[Path], perturb: Callable[[np.ndarray], np.ndarray] | None = None
 ) -> list[bool]:
-    """Whether ``model`` calls each file NORMAL at its operating threshold, averaging ``tta`` views of each, each
-    image first changed by ``perturb`` if given (every file must be readable)."""
-    classifier = Classifier.load(model)
-    classifier.set_tta(tta)
+    """Whether ``classifier`` calls each file NORMAL at its operating threshold (with its test-time augmentation),
+    each image first changed by ``perturb`` if given (every file must be readable)."""
     normal = classifier.classes.index("NORMAL")
     if perturb is None:
         predictions = list(classifier.predict_files([str(p) for p in paths]))
@@ -96,9 +94,11 @@ def main() -> None:
              "", "| model | all | " + " | ".join(SITES.values()) + " |", "| --- |" + " --- |" * (1 + len(SITES))]
     perturb = perturbation(args.perturb) if args.perturb else None
     for model in args.models:
-        calls = called_normal(model, paths, args.tta, perturb)
+        classifier = Classifier.load(model)
+        classifier.set_tta(args.tta)
+        calls = called_normal(classifier, paths, perturb)
         by_site = [[c for c, p in zip(calls, paths) if p.name.startswith(site)] for site in SITES]
-        extra = Classifier.load(model).config.get("extra_train")
+        extra = classifier.config.get("extra_train")
         name = f"{model} (trained with `extra_train: {extra}`: maybe on these very images)" if extra else model
         lines.append(f"| {name} | {cell(calls)} | " + " | ".join(cell(c) for c in by_site) + " |")
         print(lines[-1], flush=True)

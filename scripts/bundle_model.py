@@ -106,7 +106,7 @@ def main() -> None:
     val, test = reports["val"], reports["test"]
     adults_dir = REPO.parent / "shared" / "data" / "lung_masks" / "images"
     normals = sorted(p for p in adults_dir.iterdir() if p.stem.endswith("_0"))
-    calls = called_normal(str(BUNDLE / "pneumonia.pt"), normals)
+    calls = called_normal(classifier, normals)
     by_site = {name: [c for c, p in zip(calls, normals) if p.name.startswith(site)] for site, name in SITES.items()}
     adults = f"all {cell(calls)}; " + "; ".join(f"{name} {cell(c)}" for name, c in by_site.items())
     if config.get("extra_train"):  # the run trained on them: what it says of them is no test
@@ -114,7 +114,7 @@ def main() -> None:
                   f"figure on them ({adults}) is not held out; held out, each half scored by the same recipe trained "
                   f"with the other half: {_section(args.adults, ADULTS_HELD_OUT)}")
     tb = sorted(p for p in adults_dir.iterdir() if p.stem.endswith("_1"))
-    flagged = [not call for call in called_normal(str(BUNDLE / "pneumonia.pt"), tb)]
+    flagged = [not call for call in called_normal(classifier, tb)]
     shift = _section(args.shift, "## Mean over the ten perturbations") if args.shift else "not measured"
     minutes = f"{args.minutes:.0f} minutes of wall-clock time" if args.minutes else "time not stated"
     augmentation = ", ".join(f"{k} {v}" for k, v in (config.get("augmentation") or {}).items()) or "defaults"
