@@ -45,6 +45,7 @@ EXPECTED = {
     "efficientnet_b0": (224, "torchvision", "features.8.0", "classifier.1"),
     "mobilenet_v3_small": (224, "torchvision", "features.12.0", "classifier.3"),
     "mobilenet_v3_large": (224, "torchvision", "features.16.0", "classifier.3"),
+    "cxr-resnet-ensemble": (224, "composite", "members.2.cam", "fc"),
     "two-stage": (224, "composite", "backbone.layer4.1.conv2", "head.6"),
 }
 PAPER_NETS = [name for name, (_, family, _, _) in EXPECTED.items() if family == "paper"]

@@ -54,13 +54,18 @@ def _run_row(run_dir: Path) -> dict[str, Any]:
 
 
 def _validation_metrics(run_dir: Path, best_epoch: int | None) -> dict[str, float]:
-    path = run_dir / "metrics.csv"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: no metrics.csv to take validation metrics from")
-    frame = pd.read_csv(path)
-    row = frame[frame["epoch"] == best_epoch] if best_epoch else frame.tail(1)
-    if row.empty:
-        raise ConfigError(f"{path}: no row for the best epoch {best_epoch}")
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if "members" in summary:  # an ensemble: its joined network was validated once, after its members' epochs
+        row = pd.DataFrame([summary])
+    else:
+        path = run_dir / "metrics.csv"
+        if not path.is_file():
+            raise ConfigError(f"{run_dir}: no metrics.csv to take validation metrics from")
+        frame = pd.read_csv(path)
+        row = frame[frame["epoch"] == best_epoch] if best_epoch else frame.tail(1)
+        if row.empty:
+            raise ConfigError(f"{path}: no row for the best epoch {best_epoch}")
     values: dict[str, Any] = {"threshold": None, "source": VALIDATION_SOURCE}
     for name, column in _VALIDATION_METRICS.items():
         values.update({name: float(row[column].iloc[0]), f"{name}_ci_low": math.nan, f"{name}_ci_high": math.nan})

@@ -14,6 +14,12 @@ al. 2016's class activation map). Two choices make Grad-CAM show exactly what mo
   its evidence against the other classes (for two classes, half the log-odds map). Probabilities are unchanged.
 
 Lung-aware training (:mod:`lungscope.training.lung_focus`) penalises the same map that ``explain`` shows.
+
+``cxr-resnet-ensemble`` is several cxr-resnets trained apart (each from its own seed, :mod:`lungscope.training`
+trains them one by one) joined into one network: their rectified maps side by side, pooled, and one linear layer whose
+weights are the members' heads divided by their number. Its logits are the mean of the members' logits, and Grad-CAM
+on its ``relu`` is the ensemble's own map (the members' maps summed before the rectification, the same linear
+algebra that makes one member's map exact), so prediction, calibration, export and explanation take it unchanged.
 """
 
 from __future__ import annotations
@@ -74,8 +80,58 @@ class CXRResNet(nn.Module):
                 nn.init.zeros_(module.bn2.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.fc(self.dropout(self.pool(self.relu(self.cam(self.features(x)))).flatten(1)))
-        return logits - logits.mean(dim=1, keepdim=True) if logits.shape[1] > 1 else logits
+        return _centred(self.fc(self.dropout(self.pool(self.relu(self.cam(self.features(x)))).flatten(1))))
+
+
+def _centred(logits: torch.Tensor) -> torch.Tensor:
+    return logits - logits.mean(dim=1, keepdim=True) if logits.shape[1] > 1 else logits
+
+
+class _Body(nn.Module):
+    """A member of an ensemble: a cxr-resnet's ``features`` and ``cam`` (its maps before the rectification)."""
+
+    def __init__(self, features: nn.Module, cam: nn.Module) -> None:
+        super().__init__()
+        self.features, self.cam = features, cam
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cam(self.features(x))
+
+
+class CXRResNetEnsemble(nn.Module):
+    """``members`` cxr-resnet bodies (each ``features`` -> ``cam``) -> their maps side by side -> ``relu`` ->
+    average pool -> dropout -> one linear layer -> centred logits: the mean of the members' logits once
+    :meth:`load_members` has loaded the members' weights."""
+
+    gradcam_layer = "relu"
+
+    def __init__(self, num_classes: int, in_channels: int, members: int, width: int, blocks: tuple[int, ...],
+                 dropout: float) -> None:
+        super().__init__()
+        if isinstance(members, bool) or not isinstance(members, int) or members < 2:
+            raise ConfigError(f"cxr-resnet-ensemble members must be an integer >= 2, got {members!r}")
+        nets = [CXRResNet(num_classes, in_channels, width, blocks, dropout) for _ in range(members)]
+        self.members = nn.ModuleList(_Body(net.features, net.cam) for net in nets)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        planes = nets[0].fc.in_features
+        self.fc = nn.Linear(members * planes, num_classes)
+
+    def load_members(self, states: list[dict[str, torch.Tensor]]) -> None:
+        """Load trained cxr-resnets' state dicts: each body as it is, their heads side by side divided by their
+        number (so the logits are the mean of theirs), their biases averaged."""
+        if len(states) != len(self.members):
+            raise ConfigError(f"{len(self.members)} members, not {len(states)}")
+        state = {f"members.{k}.{key}": value for k, member in enumerate(states) for key, value in member.items()
+                 if not key.startswith("fc.")}
+        state["fc.weight"] = torch.cat([member["fc.weight"] for member in states], dim=1) / len(states)
+        state["fc.bias"] = torch.stack([member["fc.bias"] for member in states]).mean(dim=0)
+        self.load_state_dict(state)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = torch.cat([member(x) for member in self.members], dim=1)
+        return _centred(self.fc(self.dropout(self.pool(self.relu(maps)).flatten(1))))
 
 
 @register_model(
@@ -89,3 +145,17 @@ def cxr_resnet(
     dropout: float = 0.2,
 ) -> nn.Module:
     return CXRResNet(num_classes, in_channels, width, tuple(blocks), dropout)
+
+
+@register_model(
+    "cxr-resnet-ensemble",
+    input_size=224,
+    description="cxr-resnets trained apart from their own seeds, answering as one (the mean of their logits)",
+    family="composite",
+    ensemble_of="cxr-resnet",
+)
+def cxr_resnet_ensemble(
+    num_classes: int, in_channels: int, members: int = 3, width: int = 32,
+    blocks: tuple[int, ...] | list[int] = (2, 2, 2, 2), dropout: float = 0.2,
+) -> nn.Module:
+    return CXRResNetEnsemble(num_classes, in_channels, members, width, tuple(blocks), dropout)

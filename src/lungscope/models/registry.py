@@ -38,6 +38,7 @@ class ModelSpec:
     builder: Callable[..., nn.Module]
     family: str  # "paper", "torchvision", "composite" (built of other registry models) or "segmentation"
     encoder_of: str | None = None  # a classifier whose ``features`` are this net's encoder: its weights start it
+    ensemble_of: str | None = None  # the network whose separately trained copies (members) this net joins
 
     @property
     def options(self) -> list[str]:
@@ -57,18 +58,21 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(
-    name: str, *, input_size: int, description: str, family: Family, encoder_of: str | None = None
+    name: str, *, input_size: int, description: str, family: Family, encoder_of: str | None = None,
+    ensemble_of: str | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering a builder under ``name``; returns the builder unchanged. ``encoder_of``: the registry
     name of a classifier whose ``features`` module the network has under the same name (pretrained weights of that
-    classifier then start the encoder, see :func:`create_model`)."""
+    classifier then start the encoder, see :func:`create_model`). ``ensemble_of``: the registry name of the network
+    this one joins trained copies of (its ``members`` option counts them); the trainer trains each copy from its own
+    seed, then joins them."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelSpec(name, input_size, description, builder, family, encoder_of)
+        _REGISTRY[name] = ModelSpec(name, input_size, description, builder, family, encoder_of, ensemble_of)
         return builder
 
     return decorate
@@ -125,6 +129,9 @@ def create_model(
     )
     if pretrained is None:
         return model
+    if spec.ensemble_of:
+        raise ConfigError(f"{name}'s members start from pretrained weights as they are trained, one by one "
+                          "(`lungscope train`); the joined network takes none")
     fresh_head = False
     if pretrained == LUNGSCOPE_CXR:
         weights = lungscope_cxr(spec.encoder_of or name)

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
-from torch.utils.data import DataLoader
 
 from lungscope.checkpoint import BEST, LAST, load_checkpoint
 from lungscope.data.datasets import scan_dataset
@@ -39,8 +38,8 @@ from lungscope.evaluation.bootstrap import patient_bootstrap
 from lungscope.models import create_model
 from lungscope.progress import progress_bar
 from lungscope.training.config import TrainConfig
-from lungscope.training.data import AugmentedImages, preload
-from lungscope.training.engine import predict
+from lungscope.training.engine import predict_files
+from lungscope.training.ensemble import MEMBERS
 from lungscope.training.trainer import train
 
 METRICS = ("val_auc", "val_accuracy", "val_loss")
@@ -78,6 +77,9 @@ def check_same_options(saved: dict[str, Any], config: TrainConfig, where: Path |
 def _fold_result(fold: int, run: Path) -> dict[str, Any]:
     """A finished fold's row: its best epoch (by the monitored metric) and the metrics of that epoch."""
     summary = json.loads((run / "summary.json").read_text())
+    if "members" in summary:  # an ensemble: the joined network's validation metrics, no epochs of its own
+        return {"fold": fold, "best_epoch": None, **{m: summary[m] for m in METRICS},
+                "n_train": summary["n_train"], "n_val": summary["n_val"]}
     metrics = pd.read_csv(run / "metrics.csv").set_index("epoch")
     best = metrics.loc[summary["best_epoch"]] if summary["best_epoch"] in metrics.index else None
     row = {"fold": fold, "best_epoch": summary["best_epoch"]}
@@ -114,7 +116,7 @@ def _train_run(config: TrainConfig, run: Path, split: pd.DataFrame, progress: bo
     if (run / "summary.json").is_file():
         return
     try:
-        train(run_config, resume=(run / LAST).is_file(), progress=progress)
+        train(run_config, resume=(run / LAST).is_file() or (run / MEMBERS).is_dir(), progress=progress)
     except KeyboardInterrupt:
         print(f"interrupted in {run.name}; re-run the same command to continue (finished runs are kept, this one "
               "resumes)", file=sys.stderr)
@@ -128,13 +130,8 @@ def score_with_run(run: Path, rows: pd.DataFrame, *, progress: bool | None = Non
     config = TrainConfig.from_dict(best["config"])
     model = create_model(config.model, num_classes=len(best["classes"]), **config.model_options)
     model.load_state_dict(best["model"])
-    preprocessing = Preprocessing.of_checkpoint(best)
-    images, kept, _ = preload(rows["path"].tolist(), preprocessing.preprocess(), show=progress,
-                              desc=f"score {run.name}")
-    transform = preprocessing.augment_normalise()
-    loader = DataLoader(AugmentedImages(images, [0] * len(kept), transform), batch_size=64)
-    device = select_device(config.device)
-    probabilities, _ = predict(model.to(device), loader, device)
+    probabilities, kept = predict_files(model, Preprocessing.of_checkpoint(best), rows["path"].tolist(),
+                                        select_device(config.device), show=progress, desc=f"score {run.name}")
     scored = rows.iloc[kept].reset_index(drop=True)
     return scored.assign(**{f"p_{name}": probabilities[:, i] for i, name in enumerate(best["classes"])})
 

@@ -13,9 +13,12 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from lungscope.data.labels import decide
+from lungscope.data.transforms import Preprocessing
+from lungscope.training.data import AugmentedImages, preload
 from lungscope.training.distributed import gather_rows, sum_over_ranks
 from lungscope.training.lung_focus import GradCamOutsideLungs
 
@@ -152,6 +155,17 @@ def predict(
         probabilities.append(torch.softmax(logits.float(), dim=1).cpu())
         labels.append(targets)
     return torch.cat(probabilities).numpy(), torch.cat(labels).numpy()
+
+
+def predict_files(
+    model: nn.Module, preprocessing: Preprocessing, paths: Sequence[str], device: torch.device, *,
+    show: bool | None = None, desc: str = "score",
+) -> tuple[np.ndarray, list[int]]:
+    """Class probabilities (softmax) of the readable files among ``paths``, preprocessed as a run validates, and
+    their indices in ``paths``."""
+    images, kept, _ = preload(list(paths), preprocessing.preprocess(), show=show, desc=desc)
+    loader = DataLoader(AugmentedImages(images, [0] * len(kept), preprocessing.augment_normalise()), batch_size=64)
+    return predict(model.to(device), loader, device)[0], kept
 
 
 def validation_metrics(

@@ -46,6 +46,7 @@ from lungscope.evaluation.plots import plot_curves
 from lungscope.models import classifier_head, create_model, get_spec
 from lungscope.models.weights import check_pretrained_input
 from lungscope.progress import progress_bar
+from lungscope.training import ensemble
 from lungscope.training.config import EMA_BN_IMAGES, TrainConfig
 from lungscope.training.data import AugmentedImages, preload
 from lungscope.training.distributed import (
@@ -401,5 +402,12 @@ def resume_config(run_dir: str | Path, **overrides: Any) -> TrainConfig:
 
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool | None = None) -> dict[str, Any]:
-    """Train as ``config`` says; returns the run summary. See :class:`Trainer`."""
-    return Trainer(config, resume=resume, progress=progress).fit()
+    """Train as ``config`` says; returns the run summary. See :class:`Trainer`; an ensemble model trains each
+    member in turn (resuming, the unfinished ones), then joins them (:mod:`lungscope.training.ensemble`)."""
+    if not get_spec(config.model).ensemble_of:
+        return Trainer(config, resume=resume, progress=progress).fit()
+    ensemble.start(config, resume=resume)
+    for member in ensemble.member_configs(config):
+        if not (Path(member.out) / "summary.json").is_file():
+            Trainer(member, resume=(Path(member.out) / LAST).is_file(), progress=progress).fit()
+    return ensemble.join_members(config, progress=progress)
