@@ -14,6 +14,7 @@ import copy
 import csv
 import math
 import random
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -407,7 +408,10 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool | None = 
     if not get_spec(config.model).ensemble_of:
         return Trainer(config, resume=resume, progress=progress).fit()
     ensemble.start(config, resume=resume)
-    for member in ensemble.member_configs(config):
+    members = ensemble.member_configs(config)
+    for k, member in enumerate(members):
         if not (Path(member.out) / "summary.json").is_file():
+            if progress is not False:
+                print(f"member {k + 1} of {len(members)} (seed {member.seed}): {member.out}", file=sys.stderr)
             Trainer(member, resume=(Path(member.out) / LAST).is_file(), progress=progress).fit()
     return ensemble.join_members(config, progress=progress)
