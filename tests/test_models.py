@@ -483,16 +483,17 @@ def test_lungscope_cxr_starts_the_encoder_of_a_cxr_unet(tmp_path: Path, monkeypa
 def test_lungscope_cxr_input_must_match_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tiny_lungscope_cxr(monkeypatch, tmp_path)
     check_pretrained_input("lungscope-cxr", model_name="cxr-resnet", image_size=64, normalise="per-image")
+    check_pretrained_input("lungscope-cxr", model_name="cxr-resnet", image_size=96, normalise="per-image")  # larger
     for other in (None, "imagenet", tmp_path / "pneumonia.pt"):  # weights that record no input are not checked
         check_pretrained_input(other, model_name="resnet18", image_size=224, normalise="fixed")
     with pytest.raises(ConfigError, match="lungscope-cxr is a cxr-resnet network; it cannot start a resnet18"):
         check_pretrained_input("lungscope-cxr", model_name="resnet18", image_size=64, normalise="per-image")
     with pytest.raises(ConfigError) as error:
-        check_pretrained_input("lungscope-cxr", model_name="cxr-resnet", image_size=224, normalise="fixed")
+        check_pretrained_input("lungscope-cxr", model_name="cxr-resnet", image_size=32, normalise="fixed")
     assert str(error.value) == ("pretrained lungscope-cxr learnt on 64x64 images normalised per-image; this run has "
-                                "image_size 224, normalise fixed: set image_size: 64, normalise: per-image")
+                                "image_size 32, normalise fixed: set image_size: 64 (or larger), normalise: per-image")
     with pytest.raises(ConfigError, match="this run has normalise fixed: set normalise: per-image$"):
-        check_pretrained_input("lungscope-cxr", model_name="cxr-resnet", image_size=64, normalise="fixed")
+        check_pretrained_input("lungscope-cxr", model_name="cxr-resnet", image_size=224, normalise="fixed")
 
 
 def test_lungscope_cxr_is_the_bundled_classifier() -> None:
@@ -527,8 +528,8 @@ def test_fine_tuning_from_lungscope_cxr_in_two_stages_with_a_faster_head(
     assert _same(state, saved, body)  # stage one trains the head alone: every body weight is lungscope-cxr's
     assert not torch.equal(state["fc.weight"], saved["fc.weight"])
 
-    with pytest.raises(ConfigError, match="set image_size: 64"):
-        train(TrainConfig(out=str(tmp_path / "bad"), **{**options, "image_size": 224}), progress=False)
+    with pytest.raises(ConfigError, match="set image_size: 64 \\(or larger\\)"):
+        train(TrainConfig(out=str(tmp_path / "bad"), **{**options, "image_size": 32}), progress=False)
     assert not (tmp_path / "bad").exists()
     with pytest.raises(ConfigError, match="head_lr_factor must be positive, not 0"):
         TrainConfig(head_lr_factor=0)

@@ -190,7 +190,8 @@ def test_a_cxr_unet_segmenter_starts_from_lungscope_cxr_and_keeps_its_normalisat
     # Per-image normalisation: a linear change of the grey levels leaves the mask as it was.
     assert np.array_equal(segmenter.mask(pixels), segmenter.mask(0.2 + 0.5 * pixels))
     with pytest.raises(ConfigError, match="learnt on 224x224 images normalised per-image; this run has image_size "
-                                          "128, normalise fixed: set image_size: 224, normalise: per-image"):
+                                          "128, normalise fixed: set image_size: 224 \\(or larger\\), "
+                                          "normalise: per-image"):
         SegmenterConfig(model="cxr-unet", pretrained="lungscope-cxr")
     with pytest.raises(ConfigError, match="lung-unet has no pretrained encoder"):
         SegmenterConfig(pretrained="lungscope-cxr")

@@ -104,19 +104,24 @@ def check_pretrained_input(
     pretrained: str | os.PathLike[str] | None, *, model_name: str, image_size: int, normalise: str
 ) -> None:
     """One-line :class:`ConfigError` if a run of ``model_name`` cannot start from ``pretrained`` as configured:
-    ``lungscope-cxr`` is one architecture and records its input side and normalisation, and a config must use the
-    same (the error says what to set; nothing is adopted silently). Other weights record neither and pass."""
+    ``lungscope-cxr`` is one architecture and records its input side and normalisation; a config must use the same
+    normalisation and at least that side (the error says what to set; nothing is adopted silently). A larger side is
+    fine-tuning at a higher resolution: the convolutions and the average pool take any side, and the objects the
+    network learnt to see appear larger, which fine-tuning adapts to (Touvron et al. 2019, "FixRes"); a smaller one
+    would lose the detail the weights were learnt on. Other weights record neither and pass."""
     if pretrained != LUNGSCOPE_CXR:
         return
     weights = lungscope_cxr(model_name)
-    wanted = {"image_size": weights.image_size, "normalise": weights.normalise}
-    given = {"image_size": image_size, "normalise": normalise}
-    differ = [key for key in wanted if given[key] != wanted[key]]
-    if differ:
+    problems = []
+    if image_size < weights.image_size:
+        problems.append((f"image_size {image_size}", f"image_size: {weights.image_size} (or larger)"))
+    if normalise != weights.normalise:
+        problems.append((f"normalise {normalise}", f"normalise: {weights.normalise}"))
+    if problems:
         raise ConfigError(
             f"pretrained {LUNGSCOPE_CXR} learnt on {weights.image_size}x{weights.image_size} images normalised "
-            f"{weights.normalise}; this run has {', '.join(f'{k} {given[k]}' for k in differ)}: set "
-            f"{', '.join(f'{k}: {wanted[k]}' for k in differ)}"
+            f"{weights.normalise}; this run has {', '.join(given for given, _ in problems)}: set "
+            f"{', '.join(wanted for _, wanted in problems)}"
         )
 
 
