@@ -13,8 +13,10 @@ import yaml
 
 from lungscope.cli import main
 from lungscope.data.datasets import scan_dataset
+from lungscope.data.labels import classes_for
 from lungscope.errors import ConfigError, DatasetError
 from lungscope.models import create_model, get_spec
+from lungscope.models.weights import check_pretrained_input
 from lungscope.training import TrainConfig, resume_config, train
 from lungscope.training import trainer as trainer_module
 
@@ -113,11 +115,17 @@ def test_two_stage_trains_only_the_head_first(chest_xray: Path, tmp_path: Path) 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_are_valid(path: Path) -> None:
+    """Each config builds its network, which takes the config's input side (the network's own unless it fine-tunes
+    lungscope-cxr at a larger one) and gives one logit per class of its labels."""
     config = TrainConfig.from_yaml(path, out="run")
     spec = get_spec(config.model)
+    side = config.image_size or spec.input_size
+    check_pretrained_input(config.pretrained, model_name=config.model, image_size=side, normalise=config.normalise)
+    assert side == spec.input_size or config.pretrained == "lungscope-cxr"
+    classes = len(classes_for(config.labels))
     with torch.device("meta"):
-        create_model(config.model, **config.model_options)
-    assert (config.image_size or spec.input_size) == spec.input_size
+        model = create_model(config.model, num_classes=classes, **config.model_options)
+        assert model(torch.empty(2, 1, side, side)).shape == (2, classes)
 
 
 def test_cli_train_and_refusal_to_overwrite(
