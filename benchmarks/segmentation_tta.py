@@ -14,32 +14,31 @@ import torch
 
 from lungscope.checkpoint import load_checkpoint
 from lungscope.data.io import read_image
-from lungscope.segmentation import DEFAULT_SEGMENTER, LungSegmenter
+from lungscope.segmentation import DEFAULT_SEGMENTER, LungSegmenter, dice
 from lungscope.segmentation.masks import clean_mask
 
-torch.set_num_threads(1)
-
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lung_masks"
-seg = LungSegmenter.load(DEFAULT_SEGMENTER)
-names = load_checkpoint(DEFAULT_SEGMENTER)["split"]["test"]
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
+def main() -> None:
+    torch.set_num_threads(1)
+    seg = LungSegmenter.load(DEFAULT_SEGMENTER)
+    scores: dict[str, list[float]] = {k: [] for k in ("plain", "hflip", "thr0.4", "thr0.3", "dil1")}
+    for name in load_checkpoint(DEFAULT_SEGMENTER)["split"]["test"]:
+        image = read_image(DATA / "images" / name).pixels
+        truth = read_image(DATA / "masks" / name).pixels > 0.5
+        p = seg.probabilities([image])[0]
+        flipped = seg.probabilities([image[:, ::-1].copy()])[0][:, ::-1]
+        plain = clean_mask(p >= seg.threshold)
+        scores["plain"].append(dice(plain, truth))
+        scores["hflip"].append(dice(clean_mask((p + flipped) / 2 >= seg.threshold), truth))
+        scores["thr0.4"].append(dice(clean_mask(p >= 0.4), truth))
+        scores["thr0.3"].append(dice(clean_mask(p >= 0.3), truth))
+        scores["dil1"].append(dice(cv2.dilate(plain.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0, truth))
+    for variant, values in scores.items():
+        measured = np.array(values)
+        print(f"{variant}: Dice mean {measured.mean():.4f}, 5th percentile {np.quantile(measured, 0.05):.4f}")
 
 
-res: dict[str, list[float]] = {k: [] for k in ("plain", "hflip", "thr0.4", "thr0.3", "dil1")}
-for n in names:
-    img = read_image(DATA / "images" / n).pixels
-    truth = read_image(DATA / "masks" / n).pixels > 0.5
-    p = seg.probabilities([img])[0]
-    pf = seg.probabilities([img[:, ::-1].copy()])[0][:, ::-1]
-    res["plain"].append(dice(clean_mask(p >= seg.threshold), truth))
-    res["hflip"].append(dice(clean_mask((p + pf) / 2 >= seg.threshold), truth))
-    res["thr0.4"].append(dice(clean_mask(p >= 0.4), truth))
-    res["thr0.3"].append(dice(clean_mask(p >= 0.3), truth))
-    m = clean_mask(p >= seg.threshold).astype(np.uint8)
-    res["dil1"].append(dice(cv2.dilate(m, np.ones((3, 3), np.uint8)) > 0, truth))
-for name, values in res.items():
-    scores = np.array(values)
-    print(f"{name}: Dice mean {scores.mean():.4f}, 5th percentile {np.quantile(scores, 0.05):.4f}")
+if __name__ == "__main__":
+    main()
