@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from lungscope.data.datasets import collect_inputs
 from lungscope.data.io import read_image
 from lungscope.errors import ConfigError
 from lungscope.inference import Classifier
-from lungscope.predict import predict_rows, predict_to_files
+from lungscope.predict import predict_rows, predict_to_files, probability_text
 
 
 def _dicom(path: Path, pixels: np.ndarray) -> Path:
@@ -118,5 +119,17 @@ def test_cli_exit_codes_and_results_page(folder: Path, tmp_path: Path, capsys) -
     assert all((out / src.split('"')[0]).is_file() for src in page.split('<img src="')[1:])
     good = sorted(folder.glob("*.jpeg"))[1]
     assert main(["predict", str(good)]) == 0
-    assert "p = " in capsys.readouterr().out
+    line = capsys.readouterr().out.splitlines()[-1]  # the call, the probability named by its class, the threshold
+    assert re.fullmatch(rf"{re.escape(str(good))}: (PNEUMONIA|NORMAL), P\(PNEUMONIA\) = [0-9.]+ \(threshold [0-9.]+\)",
+                        line), line
     assert main(["predict", str(good), "--explain", "gradcam"]) == 1  # --explain without --out: a usage error
+
+
+def test_probability_text_names_the_class_and_tells_the_threshold_apart() -> None:
+    binary = ("NORMAL", "PNEUMONIA")
+    assert (probability_text({"probability": 0.914, "prediction": "NORMAL"}, binary, 0.9145)
+            == "P(PNEUMONIA) = 0.9140 (threshold 0.9145)")
+    assert (probability_text({"probability": 0.8, "prediction": "PNEUMONIA", "uncertainty": 0.0214}, binary, 0.4)
+            == "P(PNEUMONIA) = 0.800 ± 0.021 (threshold 0.400)")
+    three = ("NORMAL", "BACTERIAL", "VIRAL")
+    assert probability_text({"probability": 0.61, "prediction": "VIRAL"}, three, None) == "P(VIRAL) = 0.610"

@@ -16,7 +16,7 @@ import pandas as pd
 from lungscope.data.datasets import collect_inputs
 from lungscope.data.labels import decide
 from lungscope.errors import ConfigError
-from lungscope.evaluation.formatting import format_against
+from lungscope.evaluation.formatting import format_against, format_probability
 from lungscope.inference import Classifier, Prediction
 from lungscope.progress import progress_bar
 
@@ -203,17 +203,28 @@ def predict_archive(
     return PredictionRun(predicted, failed)
 
 
+def probability_text(row: dict[str, Any], classes: Sequence[str], threshold: float | None) -> str:
+    """How a predicted row's probability reads beside its call, naming the class it is of: ``P(PNEUMONIA) = 0.9138
+    (threshold 0.9145)`` for a binary model (with as many decimals as tell the two apart), ``P(BACTERIAL) = 0.812``
+    for the class a multi-class model calls; its spread across views (``± 0.021``) where there is one."""
+    spread = f" ± {row[UNCERTAINTY]:.3f}" if UNCERTAINTY in row else ""
+    if len(classes) == 2 and threshold is not None:
+        value, limit = format_against(row["probability"], threshold)
+        return f"P({classes[1]}) = {value}{spread} (threshold {limit})"
+    return f"P({row['prediction']}) = {format_probability(row['probability'])}{spread}"
+
+
 def write_results_page(
     rows: Sequence[dict[str, Any]],
     out_html: str | os.PathLike[str],
     *,
     model: str,
+    classes: Sequence[str],
+    threshold: float | None,
     figures: dict[str, str] | None = None,
-    threshold: float | None = None,
 ) -> Path:
-    """A small HTML page of batch predictions, most probable first, with each image's explanation figure
-    (``figures``: path -> PNG file, linked relative to the page) where there is one, and the binary decision
-    ``threshold`` the predictions were called at beside each probability."""
+    """A small HTML page of batch predictions, most probable first, each read as :func:`probability_text` says, with
+    its explanation figure (``figures``: path -> PNG file, linked relative to the page) where there is one."""
     from html import escape
 
     out_html = Path(out_html)
@@ -226,8 +237,7 @@ def write_results_page(
                    if figure else "")
         verdict = (f'<span class="error">{escape(row["error"])}</span>' if row["error"] else
                    f'<b class="{escape(row["prediction"])}">{escape(row["prediction"])}</b> '
-                   + (f'p = {row["probability"]:.3f}' if threshold is None else
-                      "p = {} (threshold {})".format(*format_against(row["probability"], threshold))))
+                   f'{escape(probability_text(row, classes, threshold))}')
         cards.append(f'<section><h2>{escape(Path(row["path"]).name)}</h2><p>{verdict}</p>{picture}</section>')
     out_html.write_text(f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>lungscope predictions</title>

@@ -22,7 +22,7 @@ from lungscope.errors import ConfigError
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from lungscope.predict import predict_to_files, resolve_threshold, write_results_page
+    from lungscope.predict import predict_to_files, probability_text, resolve_threshold, write_results_page
 
     if args.engine == "spark":
         return _predict_on_spark(args)
@@ -33,10 +33,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         classifier, args.paths, csv_path=args.csv, json_path=args.json, threshold=args.threshold,
         batch_size=args.batch_size, workers=args.workers,
     )
+    threshold = resolve_threshold(classifier, args.threshold)
     if args.csv is None and args.json is None:
         for row in run.rows:
-            spread = f" +- {row['uncertainty']:.3f}" if "uncertainty" in row else ""
-            print(f"{row['path']}: " + (row["error"] or f"{row['prediction']} (p = {row['probability']:.3f}{spread})"))
+            print(f"{row['path']}: "
+                  + (row["error"] or f"{row['prediction']}, {probability_text(row, classifier.classes, threshold)}"))
     figures: dict[str, str] = {}
     if args.explain:
         from lungscope.data.naming import unique_stems
@@ -51,8 +52,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                    if (figure := str(args.out / f"{stem}_{args.explain[0]}.png")) in written}
         print(f"wrote {len(result['written'])} explanation figure(s) to {args.out}")
     if args.html:
-        page = write_results_page(run.rows, args.out / "index.html", model=str(args.model), figures=figures,
-                                  threshold=resolve_threshold(classifier, args.threshold))
+        page = write_results_page(run.rows, args.out / "index.html", model=str(args.model),
+                                  classes=classifier.classes, threshold=threshold, figures=figures)
         print(f"results page: {page.resolve()}")
     print(f"{run.n_predicted} predicted, {run.n_failed} could not be read", file=sys.stderr)
     return EXIT_PARTIAL if run.n_failed else EXIT_OK
