@@ -29,7 +29,7 @@ def test_names_resolve_to_the_bundled_checkpoints_unless_a_path_of_that_name_exi
 
 def test_the_bundled_tb_model_answers_tuberculosis(lung_masks: Path, tmp_path: Path) -> None:
     tb = Classifier.load("tb")
-    assert tb.classes == ["NORMAL", "TUBERCULOSIS"] and tb.image_size == 224
+    assert tb.classes == ["NORMAL", "TUBERCULOSIS"] and tb.image_size == 288
     paths = sorted((lung_masks / "images").glob("*.png"))[::40]  # both sites, both labels
     labels = [int(path.stem.endswith("_1")) for path in paths]
     probabilities = tb.predict_arrays([read_image(path).pixels for path in paths])
