@@ -49,8 +49,8 @@ def test_a_saved_variant_loads_with_the_current_version(variant: str, tmp_path: 
 
 
 @pytest.mark.parametrize(("path", "version", "variant"), [
-    (MODELS["default"], VERSION, "classifier"), (CXR_BACKBONE, None, "classifier"), (MODELS["tb"], VERSION, "classifier"),
-    (SEGMENTER, None, "segmenter"),
+    (MODELS["default"], VERSION, "classifier"), (MODELS["tb"], VERSION, "classifier"),
+    (CXR_BACKBONE, None, "classifier"), (SEGMENTER, None, "segmenter"),
 ])
 def test_the_bundled_checkpoints_load(path: Path, version: int | None, variant: str) -> None:
     """Today's files and those written before the version key (version 1) alike."""
