@@ -10,7 +10,6 @@ Prints the distance percentiles and each made-up input's distance; results in be
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from lungscope.features.extract import FeatureExtractor
 from lungscope.inference import Classifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lung_gate import SHARED, not_chest_xrays  # noqa: E402
+from lung_gate import SHARED, not_chest_xrays, shuffled_children  # noqa: E402
 
 FIT = 4000  # pediatric images the distribution is fitted on
 
@@ -39,8 +38,7 @@ def main() -> None:
         rows = extractor.extract_files([str(p) for p in paths])
         return np.stack([row["features"] for row in rows if row["error"] is None])
 
-    children = sorted((SHARED / "chest_xray" / "train").glob("*/*.jpeg"))
-    random.Random(0).shuffle(children)
+    children = shuffled_children()
     fitted = LedoitWolf().fit(features(children[:FIT]))
 
     def distance(vectors: np.ndarray) -> np.ndarray:

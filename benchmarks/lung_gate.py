@@ -41,6 +41,13 @@ def _page(draw: Callable[[ImageDraw.ImageDraw], object], size: tuple[int, int], 
     return np.asarray(image, np.float32) / 255
 
 
+def shuffled_children() -> list[Path]:
+    """The shared pediatric training images in one fixed random order (seed 0), so that a prefix is a fair sample."""
+    children = sorted((SHARED / "chest_xray" / "train").glob("*/*.jpeg"))
+    random.Random(0).shuffle(children)
+    return children
+
+
 def not_chest_xrays() -> dict[str, np.ndarray]:
     """Made-up and bundled pictures that are not chest X-rays, and X-rays shown the wrong way, in [0, 1]."""
     rng = np.random.default_rng(0)
@@ -90,18 +97,16 @@ def main() -> None:
 
     for name, pixels in not_chest_xrays().items():
         print(f"| {name} | {lung_share(pixels):.3f} |", flush=True)
-    children = sorted((SHARED / "chest_xray" / "train").glob("*/*.jpeg"))
-    random.Random(0).shuffle(children)
     sets = {"adults (lung_masks, all)": sorted((SHARED / "lung_masks" / "images").glob("*.png")),
-            "children (chest_xray/train)": children[: args.children]}
-    rows = [{"set": name, "path": str(path), "lung share": lung_share(read_image(path).pixels)}
-            for name, paths in sets.items() for path in paths]
-    shares = pd.DataFrame(rows).groupby("set")["lung share"]
-    table = shares.describe(percentiles=[0.001, 0.01, 0.05, 0.5])[["count", "min", "0.1%", "1%", "5%", "50%", "max"]]
+            "children (chest_xray/train)": shuffled_children()[: args.children]}
+    frame = pd.DataFrame([{"set": name, "path": str(path), "lung share": lung_share(read_image(path).pixels)}
+                          for name, paths in sets.items() for path in paths])
+    table = frame.groupby("set")["lung share"].describe(percentiles=[0.001, 0.01, 0.05, 0.5])
+    table = table[["count", "min", "0.1%", "1%", "5%", "50%", "max"]]
     print("| set | " + " | ".join(table.columns) + " |\n|---|" + "---|" * len(table.columns))
     for name, row in table.iterrows():
         print(f"| {name} | {row['count']:.0f} | " + " | ".join(f"{v:.3f}" for v in row.iloc[1:]) + " |")
-    for name, part in pd.DataFrame(rows).groupby("set"):
+    for name, part in frame.groupby("set"):
         print(name, "lowest:", ", ".join(f"{Path(p).name} {s:.3f}" for p, s in
                                         part.nsmallest(3, "lung share")[["path", "lung share"]].values))
 
