@@ -17,9 +17,11 @@ import pytest
 from PIL import Image, PngImagePlugin
 from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.uid import (
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
+    JPEG2000Lossless,
     RLELossless,
     generate_uid,
 )
@@ -34,7 +36,7 @@ from lungscope.data.io import (
     sniff_format,
     verify_image,
 )
-from lungscope.errors import ImageReadError
+from lungscope.errors import ImageReadError, one_line
 
 H, W = 72, 96  # not square (and over the plausibility minimum of 64), so a transposed result is caught
 GREY = np.round(np.add.outer(np.linspace(0, 120, H), np.linspace(0, 135, W))).astype(np.uint8)  # smooth 0..255
@@ -225,14 +227,79 @@ def test_dicom_first_frame_and_compressed(tmp_path: Path) -> None:
     np.testing.assert_allclose(read_image(tmp_path / "rle.dcm").pixels, STORED12 / 4095, atol=1e-6)
 
 
+def _transcoded(source: Path, target: Path, syntax: str) -> Path:
+    """``source`` re-encoded by GDCM (the decoder lungscope installs) to one of its transfer syntaxes."""
+    import gdcm
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(source))
+    assert reader.Read()
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, syntax)))
+    change.SetInput(reader.GetImage())
+    assert change.Change()
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(target))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    assert writer.Write()
+    return target
+
+
+# The compressions of hospital archives' DX/CR files that Pillow cannot decode (JPEG Lossless above all).
+@pytest.mark.parametrize("syntax", ["JPEGLosslessProcess14_1", "JPEGLSLossless", "JPEG2000Lossless", "RLELossless"])
+def test_compressed_dicom_of_a_real_xray_reads_as_the_uncompressed(
+    lung_masks: Path, tmp_path: Path, syntax: str
+) -> None:
+    grey = np.asarray(Image.open(lung_masks / "images" / "CHNCXR_0001_0.png").convert("L"), dtype=np.uint16)
+    plain = _write_dicom(tmp_path / "plain.dcm", grey * 16)  # 12-bit stored values, as a detector writes them
+    packed = _transcoded(plain, tmp_path / "packed.dcm", syntax)
+    assert dcmread(packed).file_meta.TransferSyntaxUID != ExplicitVRLittleEndian  # really re-encoded
+    expected = read_image(plain).pixels
+    np.testing.assert_array_equal(read_image(packed).pixels, expected)  # lossless: the same values exactly
+    np.testing.assert_allclose(expected, grey * 16 / 4095, atol=1e-6)
+
+
+def test_undecodable_compressed_dicom_is_one_line_naming_each_decoder(tmp_path: Path) -> None:
+    ds = dcmread(_write_dicom(tmp_path / "plain.dcm", STORED12))
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(200)])  # a J2K start and nothing valid after it
+    ds.save_as(tmp_path / "broken.dcm")
+    with pytest.raises(ImageReadError) as caught:
+        read_image(tmp_path / "broken.dcm")
+    reason = caught.value.reason
+    assert "\n" not in str(caught.value) and reason.startswith("corrupt or unreadable: ")
+    assert "gdcm: " in reason and "; pillow: " in reason  # pydicom's one line per decoder, joined
+
+
+def test_one_line_joins_a_message_of_several_lines() -> None:
+    assert one_line("Unable to decode:\n  gdcm: bad\n  pillow: worse\n") == "Unable to decode: gdcm: bad; pillow: worse"
+    assert one_line("first\n\nsecond") == "first; second"
+    assert one_line("plain") == "plain" and one_line("") == ""
+
+
+def test_dicom_with_a_tiff_preamble_reads_as_dicom(tmp_path: Path) -> None:
+    path = _write_dicom(tmp_path / "dual.dcm", STORED12)
+    content = bytearray(path.read_bytes())
+    content[:8] = b"II*\x00\x08\x00\x00\x00"  # a TIFF header in the 128-byte preamble (dual-personality files)
+    path.write_bytes(bytes(content))
+    assert sniff_format(path) == "DICOM"
+    np.testing.assert_allclose(read_image(path).pixels, STORED12 / 4095, atol=1e-6)
+
+
 def test_dicom_errors(tmp_path: Path) -> None:
     no_pixels = _write_dicom(tmp_path / "nopix.dcm", STORED12, pixel_data=False)
     palette = _write_dicom(tmp_path / "palette.dcm", STORED12, photometric="PALETTE COLOR")
     whole = _write_dicom(tmp_path / "whole.dcm", STORED12).read_bytes()
     (tmp_path / "cut.dcm").write_bytes(whole[:-1000])
-    cases = [(no_pixels, "no pixel data"), (palette, "unsupported"), (tmp_path / "cut.dcm", "truncated")]
-    for path, reason in cases:
-        for function in (read_header, read_image, verify_image):
+    text_window = _write_dicom(tmp_path / "window.dcm", STORED12, WindowCenter="1234", WindowWidth="5678")
+    text_window.write_bytes(text_window.read_bytes().replace(b"1234", b"abcd"))
+    cases = [(no_pixels, "no pixel data", (read_header, read_image, verify_image)),
+             (palette, "unsupported", (read_header, read_image, verify_image)),
+             (tmp_path / "cut.dcm", "truncated", (read_header, read_image, verify_image)),
+             (text_window, "corrupt or unreadable: WindowCenter/WindowWidth are not numbers", (read_image,))]
+    for path, reason, functions in cases:
+        for function in functions:
             with pytest.raises(ImageReadError) as caught:
                 function(path)
             assert str(caught.value).startswith(f"{path}: ") and caught.value.reason.startswith(reason)

@@ -8,6 +8,16 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def one_line(text: str) -> str:
+    """A message of several lines as one (pydicom lists each decoder's failure on a line of its own): the lines
+    stripped and joined with "; ", or with a space after a line that ends with a colon."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    joined = lines[0] if lines else ""
+    for line in lines[1:]:
+        joined += (" " if joined.endswith(":") else "; ") + line
+    return joined
+
+
 class LungscopeError(Exception):
     """Base class of every error that is the input's fault, not lungscope's."""
 
@@ -17,8 +27,8 @@ class ImageReadError(LungscopeError):
 
     def __init__(self, path: str | Path, reason: str) -> None:
         self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        self.reason = one_line(reason)
+        super().__init__(f"{self.path}: {self.reason}")
 
 
 class DatasetError(LungscopeError):

@@ -22,6 +22,8 @@ How values become [0, 1] (bright = dense, as MONOCHROME2):
   range of possible stored values (BitsStored, PixelRepresentation, after rescale) maps to [0, 1].
   MONOCHROME1 is then inverted. Colour DICOM (3 samples): BT.601 luminance over 2**BitsStored - 1.
   Multi-frame DICOM and multi-page TIFF: only the first frame is read (``meta["frames"]`` says so).
+* Compressed DICOM is decoded by pydicom's plugins: Pillow and GDCM (JPEG Lossless, JPEG-LS, JPEG 2000, RLE);
+  12-bit JPEG Extended needs pylibjpeg-libjpeg (GPL-3.0, not a dependency) and is otherwise "unsupported".
 
 EXIF orientation is applied; :class:`ImageInfo` width and height are those of the upright image in the
 file (a PNG's eXIf chunk placed after the pixel data is only seen by ``read_image``, not by ``read_header``).
@@ -94,7 +96,7 @@ _DICOM_META = ("PatientID", "Modality", "ViewPosition", "BodyPartExamined")
 _WARNINGS_LOCK = threading.Lock()
 # What Pillow's and pydicom's messages say when a file is cut short, or needs a codec we lack.
 _TRUNCATED_WORDS = ("truncated", "end of file", "less than expected")
-_UNSUPPORTED_WORDS = ("not supported", "missing dependencies")
+_UNSUPPORTED_WORDS = ("not supported", "does not support", "missing dependencies")
 # Huffman-coded JPEG needs at least one bit per 8x8 block (its DC code), one byte per 512 pixels; 8 times less
 # leaves room for arithmetic coding. Fewer bytes than this cannot hold the declared size: the rest is missing.
 _JPEG_PIXELS_PER_BYTE = 4096
@@ -225,6 +227,9 @@ def verify_image(path: str | PathLike[str], *, max_pixels: int = MAX_PIXELS) -> 
 
 def _format_of(head: bytes) -> str | None:
     # Hand-written: Pillow identifies a file only by trying its plugins one by one, and knows no DICOM.
+    # DICOM first: its 128-byte preamble may hold another format's header (dual-personality DICOM/TIFF files).
+    if head[128:132] == b"DICM":
+        return "DICOM"
     if head.startswith(b"\xff\xd8\xff"):
         return "JPEG"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -235,8 +240,6 @@ def _format_of(head: bytes) -> str | None:
         return "WEBP"
     if head[:2] == b"BM":
         return "BMP"
-    if head[128:132] == b"DICM":
-        return "DICOM"
     return None
 
 
@@ -524,10 +527,10 @@ def _dicom_grey(path: Path, frame: np.ndarray, ds: Dataset, meta: dict[str, obje
         values = apply_voi(np.clip(np.rint(values), first, first + entries - 1).astype(np.int64), ds)
         meta["voi"] = "VOI LUT"
     elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        meta["window"] = _window(path, ds)
         low, high = apply_windowing(np.array([-np.inf, np.inf]), ds)  # the window's output range
         values = apply_windowing(values, ds)
         meta["voi"] = "window"
-        meta["window"] = (float(_first(ds.WindowCenter)), float(_first(ds.WindowWidth)))
     else:
         low, high = sorted(apply_modality_lut(np.array(_stored_range(ds)), ds))
         meta["voi"] = "none: full stored range"
@@ -536,6 +539,16 @@ def _dicom_grey(path: Path, frame: np.ndarray, ds: Dataset, meta: dict[str, obje
         meta["inverted"] = "MONOCHROME1 to MONOCHROME2"
         return 1.0 - unit
     return unit
+
+
+def _window(path: Path, ds: Dataset) -> tuple[float, float]:
+    """The first window's centre and width; text that is not a number (pydicom keeps an invalid DS as text)
+    is refused here, before pydicom's windowing fails on it with a type error."""
+    try:
+        return float(_first(ds.WindowCenter)), float(_first(ds.WindowWidth))
+    except (TypeError, ValueError):
+        raise ImageReadError(path, "corrupt or unreadable: WindowCenter/WindowWidth are not numbers "
+                                   f"({ds.WindowCenter!r}, {ds.WindowWidth!r})") from None
 
 
 def _frames(ds: Dataset) -> int:
