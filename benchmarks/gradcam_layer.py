@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lungscope.data.io import read_image
+from lungscope.data.io import read_image, read_mask
 from lungscope.data.splits import load_manifest
 from lungscope.data.transforms import build_preprocess
 from lungscope.explain import explain, lung_share
@@ -75,7 +75,7 @@ def main() -> None:
     classifier = Classifier.load(args.model)
     tb = _sample(sorted((args.data / "images").glob("*.png")), args.n)
     columns = {f"TB images, true masks ({len(tb)})": shares(
-        classifier, tb, [read_image(args.data / "masks" / p.name).pixels >= 0.5 for p in tb])}
+        classifier, tb, [read_mask(args.data / "masks" / p.name) for p in tb])}
     if args.internal:
         frame = load_manifest(args.internal)
         internal = _sample(sorted(Path(p) for p in frame.loc[frame["split"] == "test", "path"]), args.n)

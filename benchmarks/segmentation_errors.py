@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from lungscope.checkpoint import load_checkpoint
-from lungscope.data.io import read_image
+from lungscope.data.io import read_image, read_mask
 from lungscope.segmentation import DEFAULT_SEGMENTER, LungSegmenter, dice
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lung_masks"
@@ -61,7 +61,7 @@ def main() -> None:
         raise SystemExit("the segmenters were tested on different images: give checkpoints of the same split")
     names = splits[0]
     images = [read_image(DATA / "images" / n).pixels for n in names]
-    truths = [read_image(DATA / "masks" / n).pixels >= 0.5 for n in names]
+    truths = [read_mask(DATA / "masks" / n) for n in names]
     masks = {model: LungSegmenter.load(p).masks(images) for model, p in zip(args.models, paths)}
     print(f"{len(names)} held-out images of {DATA}; worst = the {WORST:.0%} with the lowest Dice\n")
     frames = {model: scores(predicted, truths, names) for model, predicted in masks.items()}

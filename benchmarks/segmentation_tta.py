@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from lungscope.checkpoint import load_checkpoint
-from lungscope.data.io import read_image
+from lungscope.data.io import read_image, read_mask
 from lungscope.segmentation import DEFAULT_SEGMENTER, LungSegmenter, dice
 from lungscope.segmentation.masks import clean_mask
 
@@ -26,7 +26,7 @@ def main() -> None:
     scores: dict[str, list[float]] = {k: [] for k in ("plain", "hflip", "thr0.4", "thr0.3", "dil1")}
     for name in load_checkpoint(DEFAULT_SEGMENTER)["split"]["test"]:
         image = read_image(DATA / "images" / name).pixels
-        truth = read_image(DATA / "masks" / name).pixels > 0.5
+        truth = read_mask(DATA / "masks" / name)
         p = seg.probabilities([image])[0]
         flipped = seg.probabilities([image[:, ::-1].copy()])[0][:, ::-1]
         plain = clean_mask(p >= seg.threshold)

@@ -156,6 +156,10 @@ def _make(kind: str, folder: Path, xray: np.ndarray) -> Path:
         image = np.full((512, 512), 255, np.uint8)
         image[:10, :10] = 0  # 0.04 % of the pixels: a standard deviation of 0.02, above MIN_STD
         Image.fromarray(image).save(path)
+    elif kind == "dithered-png":
+        grey.convert("1").save(path)  # Floyd-Steinberg dithering: from afar the X-ray, in black and white only
+    elif kind == "posterised-png":
+        Image.fromarray((xray // 64 * 85).astype(np.uint8)).save(path)  # 4 greys
     elif kind == "tiff-nan":
         _tiff_float(path, xray, np.nan)
     elif kind == "tiff-inf":
@@ -211,6 +215,8 @@ CASES: dict[str, str | None] = {
     "wide-strip": "not a usable chest X-ray: 400x64 pixels, an aspect ratio beyond 1:3",
     "blank-white": "not a usable chest X-ray: blank",
     "nearly-blank": "not a usable chest X-ray: nearly blank: 100.0% of the pixels have one grey value",
+    "dithered-png": "not a usable chest X-ray: 2 grey levels, under 8",
+    "posterised-png": "not a usable chest X-ray: 4 grey levels, under 8",
     "tiff-nan": "non-finite pixel values (NaN/inf)",
     "tiff-inf": "non-finite pixel values (NaN/inf)",
     "dicom-nan-slope": "non-finite pixel values (NaN/inf)",

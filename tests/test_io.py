@@ -346,7 +346,6 @@ MODES: dict[str, tuple[Callable[[], Image.Image], str, dict, np.ndarray, float]]
     "rgba_png": (lambda: _with_alpha("RGB"), "x.png", {}, GREY / 255, 1e-6),
     "la_png": (lambda: _with_alpha("L"), "x.png", {}, GREY / 255, 1e-6),
     "palette_png": (lambda: _palette_image(GREY), "x.png", {}, GREY / 255, 1e-6),
-    "1bit_png": (lambda: Image.fromarray(GREY > 127), "x.png", {}, (GREY > 127) * 1.0, 0.0),
     "cmyk_tiff": (lambda: Image.fromarray(GREY).convert("RGB").convert("CMYK"), "x.tif", {}, GREY / 255, 1e-6),
     "cmyk_jpeg": (
         lambda: Image.fromarray(GREY).convert("RGB").convert("CMYK"), "x.jpg", {"quality": 95}, GREY / 255, 0.05
@@ -369,6 +368,13 @@ def test_modes_read_to_grey(tmp_path: Path, case: str) -> None:
     np.testing.assert_allclose(xray.pixels, expected, atol=tolerance)
     assert read_header(tmp_path / name) == xray.info == verify_image(tmp_path / name)
     assert (xray.meta.get("alpha") == "dropped") == (case in ("rgba_png", "la_png", "palette_png"))
+
+
+def test_1bit_png_has_a_header_but_is_refused_as_two_grey_levels(tmp_path: Path) -> None:
+    Image.fromarray(GREY > 127).save(tmp_path / "x.png")
+    assert read_header(tmp_path / "x.png").mode == "1"
+    with pytest.raises(ImageReadError, match="not a usable chest X-ray: 2 grey levels, under 8"):
+        read_image(tmp_path / "x.png")
 
 
 # --- failures ------------------------------------------------------------------------------
@@ -507,3 +513,19 @@ def test_real_images(
         assert xray.info.format == fmt and is_image_candidate(path)
         assert read_header(path) == xray.info == verify_image(path)
         assert (xray.info.height, xray.info.width) == shape
+
+
+def test_every_shared_xray_passes_the_plausibility_check(chest_xray: Path, lung_masks: Path) -> None:
+    """The refusal rules (lungscope.data.plausibility) against all 5,779 real X-rays: none may be refused."""
+    files = sorted((chest_xray / "train").glob("*/*.jpeg")) + sorted((lung_masks / "images").glob("*.png"))
+    assert len(files) == 5216 + 563
+
+    def refusal(path: Path) -> str | None:
+        try:
+            read_image(path)
+        except ImageReadError as error:
+            return str(error)
+        return None
+
+    with ThreadPoolExecutor(2) as pool:
+        assert [reason for reason in pool.map(refusal, files) if reason] == []

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torchvision import tv_tensors
 
-from lungscope.data.io import read_image
+from lungscope.data.io import read_image, read_mask
 from lungscope.data.transforms import AugmentConfig, build_augment_normalise, build_preprocess
 from lungscope.errors import ConfigError
 from lungscope.explain import explain, lung_share
@@ -177,7 +177,8 @@ def test_bundled_grad_cam_looks_at_the_lungs_of_real_adult_x_rays(lung_masks: Pa
     paths = sorted((lung_masks / "images").glob("*.png"))[::36]
     images = torch.stack([classifier.transform(read_image(path).pixels) for path in paths])
     on_input = build_preprocess(classifier.image_size, resize=classifier.preprocessing.resize)
-    masks = np.stack([on_input(read_image(lung_masks / "masks" / p.name).pixels)[0].numpy() >= 0.5 for p in paths])
+    masks = np.stack([on_input(read_mask(lung_masks / "masks" / p.name).astype(np.float32))[0].numpy() >= 0.5
+                      for p in paths])
     masks = masks.astype(np.float32)
     share = float(np.nanmean(lung_share(explain(classifier.model, images, "gradcam", warn=False).maps, masks)))
     assert share > 0.76

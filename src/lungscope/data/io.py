@@ -191,11 +191,21 @@ def read_header(path: str | PathLike[str], *, max_pixels: int = MAX_PIXELS) -> I
 def read_image(path: str | PathLike[str], *, max_pixels: int = MAX_PIXELS) -> XRay:
     """Decode an image to 2-D float32 in [0, 1], at most :data:`WORKING_SIDE` on the longest side (see the module
     docstring). Raises ImageReadError, and ImplausibleImageError for an image that cannot be a chest X-ray."""
-    path = Path(path)
-    fmt = _identify(path)
-    xray = _read_dicom(path, max_pixels) if fmt == "DICOM" else _read_raster(path, fmt, max_pixels)
+    xray = _decode(Path(path), max_pixels)
     check_plausible(str(path), xray.pixels, xray.info.width, xray.info.height)
     return xray
+
+
+def read_mask(path: str | PathLike[str], *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A binary mask file (e.g. a lung mask, 0 background and 255 inside) as a boolean array: decoded as
+    :func:`read_image` decodes, without its check that the image is a plausible X-ray (a mask has two grey
+    levels), and thresholded at half the range."""
+    return _decode(Path(path), max_pixels).pixels >= 0.5
+
+
+def _decode(path: Path, max_pixels: int) -> XRay:
+    fmt = _identify(path)
+    return _read_dicom(path, max_pixels) if fmt == "DICOM" else _read_raster(path, fmt, max_pixels)
 
 
 def verify_image(path: str | PathLike[str], *, max_pixels: int = MAX_PIXELS) -> ImageInfo:

@@ -3,8 +3,11 @@
 The thresholds were measured with ``read_image`` on the real data: all 5,216 images of ``chest_xray/train``
 and all 563 of ``lung_masks/images`` pass. Their smallest side is 224 / 256 pixels, their largest aspect ratio 1.0,
 their smallest pixel standard deviation 0.078 (person1413_bacteria_3615) / 0.164 (CHNCXR_0598_1) and their
-largest share of one grey level (of 256) 0.29 / 0.59 (MCUCXR_0060_0, a wide black border). A 1x1, 2x2, 1x100000,
-blank or nearly blank image fails.
+largest share of one grey level (of 256) 0.29 / 0.59 (MCUCXR_0060_0, a wide black border), their fewest grey levels
+in use (of 256) 113 (person1413_bacteria_3615). A 1x1, 2x2, 1x100000, blank or nearly blank image fails, and so does
+one drawn in a handful of greys (a black-and-white or dithered picture, a 1-bit DICOM, a bit mask): a radiograph's
+grey scale is continuous. An image reduced to the working size (over 2048 pixels on a side) gains intermediate
+greys in the reduction, so a large black-and-white picture passes this check.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ MIN_SIDE = 64  # pixels, each side of the file's image
 MAX_ASPECT = 3.0  # longest side over shortest
 MIN_STD = 0.01  # standard deviation of the [0, 1] pixels
 MAX_ONE_LEVEL = 0.99  # share of the pixels at the most common of 256 grey levels
+MIN_LEVELS = 8  # grey levels (of 256) in use; the real images use at least 113
 
 
 class ImplausibleImageError(ImageReadError):
@@ -38,6 +42,8 @@ def implausibility(pixels: np.ndarray, width: int, height: int) -> str | None:
     levels = np.bincount(np.rint(pixels * 255).astype(np.uint8).ravel(), minlength=256)
     if (share := levels.max() / pixels.size) >= MAX_ONE_LEVEL:
         return f"nearly blank: {share:.1%} of the pixels have one grey value"
+    if (used := int(np.count_nonzero(levels))) < MIN_LEVELS:
+        return f"{used} grey levels, under {MIN_LEVELS}: a drawing or a bit mask, not a radiograph's grey scale"
     return None
 
 

@@ -15,7 +15,7 @@ import torch
 from matplotlib.figure import Figure
 
 from lungscope.data.datasets import collect_inputs, find_images
-from lungscope.data.io import read_image
+from lungscope.data.io import read_image, read_mask
 from lungscope.data.naming import unique_stems
 from lungscope.data.splits import load_manifest
 from lungscope.data.transforms import build_preprocess
@@ -240,7 +240,7 @@ def _lung_mask(classifier: Classifier, pixels: np.ndarray, mask_path: Path | Non
     if mask_path is None:
         mask = cached_segmenter().mask(pixels)
     else:
-        mask = read_image(mask_path).pixels >= 0.5
+        mask = read_mask(mask_path)
     return (_on_model_grid(classifier, pixels, mask.astype(np.float32)) >= 0.5).astype(np.float32)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from lungscope.data.datasets import collect_inputs, find_images
-from lungscope.data.io import read_image
+from lungscope.data.io import read_image, read_mask
 from lungscope.data.labels import label_for, patient_id
 from lungscope.data.naming import unique_stems
 from lungscope.errors import DatasetError, ImageReadError
@@ -92,7 +92,7 @@ def mask_scores(segmenter: LungSegmenter, frame: pd.DataFrame) -> pd.DataFrame:
     """Dice and IoU of the segmenter's cleaned masks against the true masks, at each image's own resolution."""
     rows = []
     for image_path, mask_path in zip(frame["image"], frame["mask"]):
-        truth = read_image(mask_path).pixels >= 0.5
+        truth = read_mask(mask_path)
         predicted = segmenter.mask(read_image(image_path).pixels)
         rows.append({"image": image_path, "dice": dice(predicted, truth), "iou": iou(predicted, truth)})
     return pd.DataFrame(rows)

@@ -17,7 +17,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from lungscope.checkpoint import BEST
-from lungscope.data.io import read_image
+from lungscope.data.io import read_image, read_mask
 from lungscope.data.splits import split_by_patient
 from lungscope.data.transforms import NORMALISATIONS
 from lungscope.errors import ConfigError
@@ -66,7 +66,7 @@ class SegmenterConfig:
 def _load(frame: pd.DataFrame, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Images ``(N, 1, size, size)`` in [0, 1] and masks ``(N, 1, size, size)`` in {0, 1}, resized."""
     images = resized([read_image(p).pixels for p in frame["image"]], size)
-    masks = resized([read_image(p).pixels >= 0.5 for p in frame["mask"]], size)
+    masks = resized([read_mask(p) for p in frame["mask"]], size)
     return images.clamp(0, 1), (masks >= 0.5).float()
 
 
