@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from lungscope.bundled import CXR_BACKBONE, MODELS, SEGMENTER
+from lungscope.bundled import CXR_BACKBONE, MODELS, ORIENTATION, SEGMENTER
 from lungscope.checkpoint import (
     VARIANTS,
     VERSION,
@@ -27,6 +27,8 @@ STATES: dict[str, dict[str, Any]] = {
     "training state": {"model": WEIGHTS, "ema": None, "optimizer": {"state": {}}, "scheduler": None,
                        "progress": {"epoch": 1}},
     "segmenter": {"model": WEIGHTS, "model_name": "lung-unet", "image_size": 64, "normalise": "fixed"},
+    "orientation check": {"model": WEIGHTS, "model_name": "five-block-cnn", "image_size": 150,
+                          "orientations": [[0, False], [1, False]]},
     "two-stage classifier": {"model": WEIGHTS, "config": {"model": "two-stage"}, "classes": ["A", "B"],
                              "image_size": 64, "preprocessing": {"image_size": 64}, "head": "dense",
                              "fit": {"best_epoch": 1}},
@@ -50,7 +52,7 @@ def test_a_saved_variant_loads_with_the_current_version(variant: str, tmp_path: 
 
 @pytest.mark.parametrize(("path", "version", "variant"), [
     (MODELS["default"], VERSION, "classifier"), (MODELS["tb"], VERSION, "classifier"),
-    (CXR_BACKBONE, None, "classifier"), (SEGMENTER, None, "segmenter"),
+    (CXR_BACKBONE, None, "classifier"), (SEGMENTER, None, "segmenter"), (ORIENTATION, VERSION, "orientation check"),
 ])
 def test_the_bundled_checkpoints_load(path: Path, version: int | None, variant: str) -> None:
     """Today's files and those written before the version key (version 1) alike."""

@@ -34,7 +34,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("__init__", "errors", "options", "text", "progress", "device", "checkpoint", "bundled"),  # base; bundled: models
     ("data",),  # files, labels, splits, transforms (the roi choices; the lung crop is registered by segmentation)
     ("models",),
-    ("segmentation",),
+    ("segmentation", "orientation"),  # orientation: the check that refuses turned or inverted X-rays
     ("inference",),  # a loaded Classifier: below everything that loads one (features, evaluation, training, explain)
     ("features",),  # a Classifier's feature vectors and their Parquet file, which training.head reads
     ("evaluation",),  # metrics, calibration, operating points, reports, plots (training curves included)

@@ -89,6 +89,17 @@ def test_bad_uploads(client: TestClient, tmp_path: Path) -> None:
     assert client.post("/api/predict").status_code == 422  # no file field
 
 
+def test_upside_down_upload_is_refused_with_what_to_do_but_still_shown(client: TestClient, tmp_path: Path) -> None:
+    flipped = tmp_path / "flipped.png"
+    Image.open(SAMPLE).convert("L").rotate(180).save(flipped)
+    for endpoint in ("/api/predict", "/api/explain"):
+        response = client.post(endpoint, files=_upload(flipped))
+        assert response.status_code == 400
+        assert response.json()["detail"].startswith(
+            "flipped.png: not a usable chest X-ray: it looks upside down; turn it half round")
+    assert client.post("/api/image", files=_upload(flipped)).status_code == 200
+
+
 def test_concurrent_requests_and_nothing_left_on_disk(client: TestClient) -> None:
     before = set(Path(tempfile.gettempdir()).glob("lungscope-upload-*"))
     with ThreadPoolExecutor(max_workers=8) as pool:

@@ -27,7 +27,7 @@ BEST, LAST = "best.pt", "last.pt"  # a run folder's checkpoints: the chosen epoc
 VERSION = 3  # 1: the same layouts without the version key
 SINCE = {"preprocessing": 2, "normalise": 3}  # required keys that a file of an older version may lack
 
-Kind = Literal["classifier", "segmenter", "training state"]  # what a reader may ask for
+Kind = Literal["classifier", "segmenter", "orientation check", "training state"]  # what a reader may ask for
 CLASSIFIER_VERBS = "predict, evaluate, explain, features, serve, export"
 CLASSIFIER_KEYS = ("model", "config", "classes", "image_size", "preprocessing")  # data.transforms.Preprocessing
 
@@ -47,6 +47,9 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
     "training state": Variant("progress", ("model", "ema", "optimizer", "scheduler", "progress"),
                               "a training state (last.pt)", "train --resume", "training state"),
+    "orientation check": Variant("orientations", ("model", "model_name", "image_size", "orientations"),
+                                 "an orientation-check checkpoint", "predict, serve, explain (built in)",
+                                 "orientation check"),
     "segmenter": Variant("model_name", ("model", "model_name", "image_size", "normalise"),
                          "a lung segmenter checkpoint", "segment --model", "segmenter"),
     "two-stage classifier": Variant("head", (*CLASSIFIER_KEYS, "head", "fit"), "a two-stage classifier checkpoint",

@@ -7,7 +7,7 @@ import hashlib
 import os
 import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,12 @@ from torchvision.transforms.v2 import functional as TF
 
 from lungscope.bundled import bundled_model
 from lungscope.checkpoint import BEST, load_checkpoint
-from lungscope.data.io import read_image
+from lungscope.data.io import XRay, read_image
 from lungscope.data.labels import decide
 from lungscope.data.transforms import ROI_CHOICES, Box, Preprocessing
 from lungscope.errors import ConfigError, ImageReadError
 from lungscope.models import create_model
+from lungscope.orientation import read_upright
 from lungscope.segmentation import LungCrop
 
 
@@ -193,38 +194,44 @@ class Classifier:
         """Probabilities (N x classes) of 2-D float [0, 1] images, as :func:`read_image` returns them."""
         return self.scores(torch.stack([self.transform(image) for image in images]), calibrated)[0]
 
-    def _read(self, path: str) -> torch.Tensor | str:
+    def _read(self, path: str, reader: Callable[[str], XRay]) -> torch.Tensor | str:
         try:
-            return self.transform(read_image(path).pixels)
+            return self.transform(reader(path).pixels)
         except ImageReadError as error:
             return error.reason
 
     def decoded_batches(
-        self, paths: Sequence[str], *, batch_size: int = 32, workers: int | None = None
+        self, paths: Sequence[str], *, batch_size: int = 32, workers: int | None = None,
+        reader: Callable[[str], XRay] = read_image,
     ) -> Iterator[list[tuple[str, torch.Tensor | str]]]:
         """``(path, model input or the reason it could not be read)`` in the order of ``paths``, ``batch_size`` at a
-        time; files decode in threads while the caller works on the previous batch, at most a few batches ahead."""
+        time; files decode (with ``reader``) in threads while the caller works on the previous batch, at most a few
+        batches ahead."""
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
             pending: deque[tuple[str, Future[torch.Tensor | str]]] = deque()
             iterator = iter(paths)
             for path in iterator:
-                pending.append((str(path), pool.submit(self._read, str(path))))
+                pending.append((str(path), pool.submit(self._read, str(path), reader)))
                 if len(pending) >= 3 * batch_size:
                     break
             while pending:
                 chunk = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
                 for path in iterator:  # keep the decoders busy while this batch runs
-                    pending.append((str(path), pool.submit(self._read, str(path))))
+                    pending.append((str(path), pool.submit(self._read, str(path), reader)))
                     if len(pending) >= 2 * batch_size:
                         break
                 yield [(path, future.result()) for path, future in chunk]
 
     def predict_files(
-        self, paths: Sequence[str], *, batch_size: int = 32, workers: int | None = None, calibrated: bool = True
+        self, paths: Sequence[str], *, batch_size: int = 32, workers: int | None = None, calibrated: bool = True,
+        upright: bool = True,
     ) -> Iterator[Prediction]:
-        """Predictions in the order of ``paths``; files decode in threads while the model runs. A bad file yields a
-        :class:`Prediction` with ``error`` set and the rest go on."""
-        for results in self.decoded_batches(paths, batch_size=batch_size, workers=workers):
+        """Predictions in the order of ``paths``; files decode in threads while the model runs. A bad file, or (with
+        ``upright``) an X-ray the orientation check refuses (:func:`~lungscope.orientation.read_upright`), yields a
+        :class:`Prediction` with ``error`` set and the rest go on. Evaluation and calibration on a labelled set pass
+        ``upright=False``: they measure the model on every image of the set."""
+        reader = read_upright if upright else read_image
+        for results in self.decoded_batches(paths, batch_size=batch_size, workers=workers, reader=reader):
             good = [(path, tensor) for path, tensor in results if isinstance(tensor, torch.Tensor)]
             answers: dict[str, tuple[np.ndarray, float | None]] = {}
             if good:

@@ -86,7 +86,7 @@ def calibrate_site(
         raise ConfigError("site calibration sets a binary model's threshold; this model has "
                           f"{len(classifier.classes)} classes")
     frame = scan_dataset(data, labels=classifier.config.get("labels", "binary"))
-    predictions = list(classifier.predict_files(frame["path"].tolist(), calibrated=False))
+    predictions = list(classifier.predict_files(frame["path"].tolist(), calibrated=False, upright=False))
     readable = [i for i, p in enumerate(predictions) if p.error is None]
     frame = frame.iloc[readable].reset_index(drop=True)
     probabilities = np.stack([cast(np.ndarray, predictions[i].probabilities) for i in readable])  # readable ones

@@ -10,6 +10,7 @@ MODELS = {"default": FOLDER / "pneumonia.pt", "tb": FOLDER / "tb.pt"}
 CXR_BACKBONE = FOLDER / "lungscope-cxr.pt"  # pretrained: lungscope-cxr, which default and tb were fine-tuned from
 TASKS = {"default": "pneumonia, children", "tb": "tuberculosis, adults"}  # what each answers, for help texts
 SEGMENTER = FOLDER / "lung-unet.pt"
+ORIENTATION = FOLDER / "orientation.pt"  # lungscope.orientation's check: upright, turned, inverted
 
 
 def bundled_model(source: str | os.PathLike[str]) -> Path | None:

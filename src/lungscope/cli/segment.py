@@ -1,4 +1,4 @@
-"""The lung segmentation verbs: segment, train-segmenter."""
+"""The lung segmentation verbs and the orientation check's trainer: segment, train-segmenter, train-orientation."""
 
 from __future__ import annotations
 
@@ -64,4 +64,32 @@ def _add_train_segmenter(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train_segmenter)
 
 
-VERBS = [_add_segment, _add_train_segmenter]
+def _cmd_train_orientation(args: argparse.Namespace) -> int:
+    from lungscope.training.orientation import OrientationConfig, train_orientation
+
+    config = OrientationConfig(**config_overrides(args))
+    print(json.dumps(train_orientation(args.folders, args.out, config), indent=2))
+    return EXIT_OK
+
+
+def _add_train_orientation(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-orientation", help="train the check that refuses sideways, upside-down or negative X-rays",
+        description="Train the orientation check on the X-rays under FOLDERS (upright, in their usual grey scale; "
+        "no labels needed): each is shown turned by quarter turns and inverted or not, and the network learns "
+        "which. Keeps the epoch with the best validation accuracy and scores the held-out patients. Writes "
+        "OUT/best.pt, config.yaml, split.csv, metrics.csv, summary.json.",
+    )
+    p.add_argument("folders", nargs="+", type=Path, metavar="FOLDERS", help="folders of upright X-rays")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="run folder")
+
+    def add() -> None:
+        from lungscope.training.orientation import OrientationConfig
+
+        add_config_flags(p, OrientationConfig)
+
+    p.defer(add)
+    p.set_defaults(func=_cmd_train_orientation)
+
+
+VERBS = [_add_segment, _add_train_segmenter, _add_train_orientation]

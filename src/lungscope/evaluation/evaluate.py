@@ -186,7 +186,7 @@ def evaluate_run(
     paths = frame["path"].tolist()
     bar = progress_bar(total=len(paths), desc="predict", unit="image", show=progress)
     predictions = []
-    for prediction in classifier.predict_files(paths, batch_size=batch_size, calibrated=False):
+    for prediction in classifier.predict_files(paths, batch_size=batch_size, calibrated=False, upright=False):
         predictions.append(prediction)
         bar.update()
     bar.close()

@@ -98,7 +98,8 @@ def calibrate_run(
     split = pd.read_csv(run_dir / "split.csv", dtype=str)
     val = split[split["split"] == "val"]
     classifier = Classifier.load(run_dir)
-    predictions = [p for p in classifier.predict_files(val["path"].tolist(), calibrated=False) if p.error is None]
+    predictions = [p for p in classifier.predict_files(val["path"].tolist(), calibrated=False, upright=False)
+                   if p.error is None]
     label_of = dict(zip(val["path"], val["label"]))
     labels = np.array([classifier.classes.index(label_of[p.path]) for p in predictions])
     point = operating_point(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ import torch
 from matplotlib.figure import Figure
 
 from lungscope.data.datasets import collect_inputs, find_images
-from lungscope.data.io import read_image, read_mask
+from lungscope.data.io import XRay, read_image, read_mask
 from lungscope.data.naming import unique_stems
 from lungscope.data.splits import load_manifest
 from lungscope.data.transforms import build_preprocess
@@ -42,6 +42,7 @@ from lungscope.explain.views import (
     signed_view,
 )
 from lungscope.inference import Classifier
+from lungscope.orientation import read_upright
 from lungscope.progress import progress_bar
 from lungscope.segmentation.segmenter import cached_segmenter
 
@@ -62,22 +63,23 @@ def _decide(classifier: Classifier, logits: torch.Tensor) -> tuple[torch.Tensor,
     return torch.as_tensor(classifier.decide(probabilities)), probabilities
 
 
-def _read(classifier: Classifier, path: Path) -> tuple[np.ndarray, torch.Tensor] | str:
+def _read(classifier: Classifier, path: Path, reader: Callable[[Path], XRay]) -> tuple[np.ndarray, torch.Tensor] | str:
     try:
-        pixels = read_image(path).pixels
+        pixels = reader(path).pixels
     except ImageReadError as error:
         return error.reason
     return pixels, classifier.transform(pixels)
 
 
 def _batches(
-    classifier: Classifier, paths: Sequence[Path], batch_size: int
+    classifier: Classifier, paths: Sequence[Path], batch_size: int, reader: Callable[[Path], XRay]
 ) -> Iterator[list[tuple[Path, tuple[np.ndarray, torch.Tensor] | str]]]:
-    """Lists of ``(path, (pixels, model input) or error)``, decoded in threads."""
+    """Lists of ``(path, (pixels, model input) or error)``, decoded with ``reader`` in threads: ``read_upright`` for
+    a user's X-rays, ``read_image`` for a labelled set whose every image the checks measure."""
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
-            yield list(zip(chunk, pool.map(lambda p: _read(classifier, p), chunk)))
+            yield list(zip(chunk, pool.map(lambda p: _read(classifier, p, reader), chunk)))
 
 
 def load_run(run: str | os.PathLike[str], device: str = "auto", roi: str | None = None) -> Classifier:
@@ -130,7 +132,7 @@ def explain_files(
     written: list[str] = []
     explained = 0
     with progress_bar(total=len(images), show=progress, desc="explain", unit="image") as bar:
-        for batch in _batches(classifier, images, batch_size):
+        for batch in _batches(classifier, images, batch_size, read_upright):
             failed += [{"path": str(path), "error": item} for path, item in batch if isinstance(item, str)]
             good = [(path, item) for path, item in batch if not isinstance(item, str)]
             explained += len(good)
@@ -172,7 +174,7 @@ def activation_files(
     """``OUT/<stem>_<layer>_activations.png`` (channel grid) and ``OUT/<stem>_<layer>_top<k>.png`` (the ``top`` most
     active channels overall, or inside ``region``: x0,y0,x1,y1 in fractions of the model input)."""
     classifier = load_run(run, device)
-    pixels = read_image(image).pixels
+    pixels = read_upright(image).pixels
     inputs = classifier.transform(pixels)[None]
     name, _ = resolve_layer(classifier.model, layer)
     activations = layer_activations(classifier.model, inputs, name)[0]
@@ -269,7 +271,7 @@ def check_files(
     classifier = load_run(run, device)
     paths = select_images(data, n, split=split, seed=seed)
     inputs, mask_list, failed = [], [], []
-    for path, item in (pair for batch in _batches(classifier, paths, batch_size) for pair in batch):
+    for path, item in (pair for batch in _batches(classifier, paths, batch_size, read_image) for pair in batch):
         mask_path = Path(masks) / path.name if masks else None
         if isinstance(item, str):
             failed.append({"path": str(path), "error": item})

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import threading
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
@@ -35,6 +35,7 @@ from lungscope.explain.api import explain as explain_batch
 from lungscope.explain.base import DEFAULT_METHOD, METHODS
 from lungscope.explain.views import heatmap_rgba, map_to_image, overlay, signed_view
 from lungscope.inference import Classifier
+from lungscope.orientation import read_upright
 
 DEFAULT_MAX_UPLOAD = 50 * 1024 * 1024
 _CHUNK = 1 << 20
@@ -147,14 +148,15 @@ def create_app(
     explain_lock = threading.Lock()  # attribution hooks live on the explainer's model: one explanation at a time
 
     @contextmanager
-    def uploaded(upload: UploadFile) -> Iterator[XRay]:
-        """The upload read as an X-ray; the file exists only inside this block, under a name of ours."""
+    def uploaded(upload: UploadFile, reader: Callable[[Path], XRay] = read_upright) -> Iterator[XRay]:
+        """The upload read as an X-ray (by default refused when not upright); the file exists only inside this
+        block, under a name of ours."""
         with tempfile.TemporaryDirectory(prefix="lungscope-upload-") as folder:
             path = Path(folder) / _stored_name(upload.filename)
             with path.open("wb") as handle:
                 shutil.copyfileobj(upload.file, handle, _CHUNK)
             try:
-                yield read_image(path)
+                yield reader(path)
             except ImageReadError as error:
                 status = 415 if error.reason.startswith(("not an image", "unsupported")) else 400
                 raise HTTPException(status, f"{display_name(upload.filename)}: {error.reason}") from None
@@ -213,7 +215,7 @@ def create_app(
     @app.post("/api/image", responses={200: {"content": {"image/png": {}}}, **ERRORS})
     def image(file: Annotated[UploadFile, File()]) -> Response:
         """The X-ray as lungscope reads it (DICOM windowed, MONOCHROME1 inverted), as an 8-bit PNG."""
-        with uploaded(file) as xray:
+        with uploaded(file, read_image) as xray:  # shown as it is, turned or not: the page shows why it is refused
             return _png(np.rint(xray.pixels * 255).astype(np.uint8))
 
     return app

@@ -18,9 +18,11 @@ from tqdm.auto import tqdm
 
 from lungscope.data.labels import decide
 from lungscope.data.transforms import Preprocessing
+from lungscope.progress import progress_bar
 from lungscope.training.data import AugmentedImages, preload
 from lungscope.training.distributed import gather_rows, sum_over_ranks
 from lungscope.training.lung_focus import GradCamOutsideLungs
+from lungscope.training.run_folder import RunFolder
 
 
 @dataclass
@@ -77,6 +79,37 @@ def run_epochs(
         if patience and progress.bad_epochs >= patience:
             return True
     return False
+
+
+Optimisation = tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]
+
+
+def fit_best_epoch(
+    model: nn.Module, folder: RunFolder, *, epochs: int, lr: float, steps_per_epoch: int,
+    train: Callable[[Optimisation], dict[str, float]], validate: Callable[[], dict[str, float]], monitor: str,
+    desc: str, progress: bool | None,
+) -> tuple[Progress, dict[str, torch.Tensor]]:
+    """The small trainers' loop (the lung segmenter's, the orientation check's): Adam with a one-cycle schedule
+    peaking at ``lr``; each epoch ``train((optimizer, scheduler))`` (``train_loss``), ``validate()`` (``monitor``,
+    higher is better), the row written to ``folder``'s ``metrics.csv``. Returns the progress and a copy of the
+    weights of the best epoch."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, epochs=epochs, steps_per_epoch=steps_per_epoch)
+    best_state: dict[str, torch.Tensor] = {}
+    folder.open_metrics(["epoch", "train_loss", monitor, "seconds"])
+    bar = progress_bar(total=epochs, desc=desc, unit="epoch", show=progress)
+
+    def record(row: dict[str, float], improved: bool) -> None:
+        folder.record(row)  # each epoch: progress for a log reader
+        bar.update(1)
+        if improved:
+            best_state.update(copy_state(model))
+
+    state = Progress()
+    run_epochs(state, epochs, record=record, monitor=monitor, minimise=False,
+               train=lambda: train((optimizer, scheduler)), validate=validate)
+    bar.close()
+    return state, best_state
 
 
 def copy_state(model: nn.Module) -> dict[str, torch.Tensor]:

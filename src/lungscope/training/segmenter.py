@@ -24,11 +24,10 @@ from lungscope.errors import ConfigError
 from lungscope.models import create_model, get_spec
 from lungscope.models.weights import check_pretrained_input
 from lungscope.options import AT_LEAST_ONE, FRACTION, POSITIVE, Range, check_options, option
-from lungscope.progress import progress_bar
 from lungscope.segmentation.files import mask_scores, pair_files
 from lungscope.segmentation.masks import dice
 from lungscope.segmentation.segmenter import LungSegmenter, normalise, resized
-from lungscope.training.engine import Progress, copy_state, run_epochs
+from lungscope.training.engine import fit_best_epoch
 from lungscope.training.run_folder import RunFolder
 
 
@@ -131,25 +130,13 @@ def train_segmenter(
     train_x, train_y = _load(parts["train"], config.image_size)
     val_x, val_y = _load(parts["val"], config.image_size)
     model = create_model(config.model, num_classes=1, pretrained=config.pretrained, **config.model_options)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, epochs=config.epochs,
-                                                    steps_per_epoch=-(-len(train_x) // config.batch_size))
-    started, best_state = time.perf_counter(), {}
-    folder.open_metrics(["epoch", "train_loss", "val_dice", "seconds"])
-    bar = progress_bar(total=config.epochs, desc="segmenter", unit="epoch", show=progress)
-
-    def record(row: dict[str, float], improved: bool) -> None:
-        folder.record(row)  # each epoch: progress for a log reader
-        bar.update(1)
-        if improved:
-            best_state.update(copy_state(model))
-
-    state = Progress()
-    run_epochs(state, config.epochs, record=record, monitor="val_dice", minimise=False,
-               train=lambda: _train_epoch(model, optimizer, scheduler, train_x, train_y, config.batch_size,
-                                          config.normalise),
-               validate=lambda: _validate(model, val_x, val_y, config.normalise))
-    bar.close()
+    started = time.perf_counter()
+    state, best_state = fit_best_epoch(
+        model, folder, epochs=config.epochs, lr=config.lr, steps_per_epoch=-(-len(train_x) // config.batch_size),
+        train=lambda optimisation: _train_epoch(model, *optimisation, train_x, train_y, config.batch_size,
+                                                config.normalise),
+        validate=lambda: _validate(model, val_x, val_y, config.normalise), monitor="val_dice", desc="segmenter",
+        progress=progress)
     folder.save_best({
         "model": best_state, "epoch": state.best_epoch, "model_name": config.model,
         "model_options": config.model_options, "image_size": config.image_size, "normalise": config.normalise,

@@ -1,0 +1,105 @@
+"""The orientation check: the eight orientations, its trainer and checkpoint, and the bundled check on real X-rays it
+never trained on (every turned or inverted view refused, every upright one answered)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lungscope.bundled import ORIENTATION
+from lungscope.checkpoint import load_checkpoint
+from lungscope.data.io import read_image
+from lungscope.data.plausibility import ImplausibleImageError
+from lungscope.errors import ConfigError
+from lungscope.orientation import (
+    ORIENTATIONS,
+    REFUSE_AT,
+    OrientationCheck,
+    default_check,
+    describe,
+    orient,
+    read_upright,
+)
+from lungscope.training.orientation import OrientationConfig, train_orientation
+
+
+def test_orientations_are_the_eight_distinct_views_and_zero_is_as_is() -> None:
+    image = torch.rand(1, 5, 7)  # not square, not symmetric
+    views = [orient(image, k) for k in range(len(ORIENTATIONS))]
+    assert torch.equal(views[0], image) and len(ORIENTATIONS) == 8
+    assert torch.equal(views[ORIENTATIONS.index((1, False))], torch.rot90(image, 1, dims=(-2, -1)))
+    assert torch.allclose(views[ORIENTATIONS.index((0, True))], 1 - image)
+    assert len({tuple(v.flatten().tolist()) for v in views}) == 8
+
+
+def test_describe_says_what_is_wrong_and_what_to_do() -> None:
+    assert describe(ORIENTATIONS.index((2, False))) == "it looks upside down; turn it half round"
+    assert describe(ORIENTATIONS.index((0, True))) == "it looks a negative (lungs bright); invert its grey scale"
+    assert describe(ORIENTATIONS.index((1, True))) == (
+        "it looks turned a quarter anticlockwise and a negative (lungs bright); turn it a quarter clockwise and "
+        "invert its grey scale")
+
+
+def test_trainer_writes_a_checkpoint_only_the_orientation_check_loads(lung_masks: Path, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted((lung_masks / "images").glob("*.png"))[:24]:
+        (images / path.name).write_bytes(path.read_bytes())
+    summary = train_orientation([images], tmp_path / "run", OrientationConfig(epochs=1, batch_size=8), progress=False)
+    assert summary["images"] == {"train": 18, "val": 3, "test": 3} and summary["test"]["accuracy"] >= 0
+    check = OrientationCheck.load(tmp_path / "run")
+    assert check.probabilities([np.random.default_rng(0).random((90, 70), dtype=np.float32)]).shape == (1, 8)
+    assert len(load_checkpoint(tmp_path / "run" / "best.pt", kind="orientation check")["test_images"]) == 3
+    with pytest.raises(ConfigError, match="orientation-check checkpoint"):
+        load_checkpoint(tmp_path / "run" / "best.pt", kind="segmenter")
+
+
+@pytest.fixture(scope="module")
+def held_out(chest_xray: Path, lung_masks: Path) -> list[np.ndarray]:
+    """20 X-rays of the bundled check's held-out patients: 10 children, 10 adults."""
+    names = load_checkpoint(ORIENTATION, kind="orientation check")["test_images"]
+    children = [n for n in names if n.endswith(".jpeg")][:10]
+    adults = [n for n in names if n.endswith(".png")][:10]
+    paths = [next((chest_xray / "train").glob(f"*/{n}")) for n in children] + [lung_masks / "images" / n
+                                                                                 for n in adults]
+    assert len(paths) == 20
+    return [read_image(p).pixels for p in paths]
+
+
+def test_bundled_check_refuses_every_turned_or_inverted_held_out_xray(held_out: list[np.ndarray]) -> None:
+    check = default_check()
+    for k in range(len(ORIENTATIONS)):
+        shown = [orient(torch.from_numpy(x), k).numpy() for x in held_out]
+        probabilities = check.probabilities(shown)
+        refused = [check.problem(x) is not None for x in shown]
+        if k == 0:
+            assert not any(refused), probabilities[:, 0].min()
+        else:
+            assert all(refused), probabilities[:, k].min()
+            assert (probabilities[:, k] >= REFUSE_AT).all()
+
+
+def test_mirrored_xray_is_answered(held_out: list[np.ndarray]) -> None:
+    assert all(default_check().problem(np.ascontiguousarray(x[:, ::-1])) is None for x in held_out)
+
+
+def test_read_upright_refuses_a_sideways_file_and_predict_says_why(chest_xray: Path, tmp_path: Path) -> None:
+    source = sorted((chest_xray / "train" / "NORMAL").glob("*.jpeg"))[0]
+    upright, sideways = tmp_path / "upright.png", tmp_path / "sideways.png"
+    Image.open(source).convert("L").save(upright)
+    Image.open(source).convert("L").rotate(90, expand=True).save(sideways)  # anticlockwise, as np.rot90
+    assert read_upright(upright).pixels.shape == (224, 224)
+    expected = "not a usable chest X-ray: it looks turned a quarter anticlockwise; turn it a quarter clockwise"
+    with pytest.raises(ImplausibleImageError, match=expected):
+        read_upright(sideways)
+    done = subprocess.run([sys.executable, "-m", "lungscope.cli", "predict", str(upright), str(sideways)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert f"{sideways}: not a usable chest X-ray: it looks turned a quarter anticlockwise" in done.stdout
+    assert f"{upright}: NORMAL" in done.stdout or f"{upright}: PNEUMONIA" in done.stdout
