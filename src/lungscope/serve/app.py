@@ -215,7 +215,7 @@ def create_app(
     @app.post("/api/image", responses={200: {"content": {"image/png": {}}}, **ERRORS})
     def image(file: Annotated[UploadFile, File()]) -> Response:
         """The X-ray as lungscope reads it (DICOM windowed, MONOCHROME1 inverted), as an 8-bit PNG."""
-        with uploaded(file, read_image) as xray:  # shown as it is, turned or not: the page shows why it is refused
+        with uploaded(file, read_image) as xray:  # any readable X-ray as it is, turned or not (predict refuses those)
             return _png(np.rint(xray.pixels * 255).astype(np.uint8))
 
     return app

@@ -63,12 +63,13 @@ def _frame(folders: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
 
 
 def _augment() -> v2.Compose:
-    """Jitter of position, size, exposure and contrast, so the check meets X-rays framed unlike the training set's;
-    mirrored half the time, as a mirrored X-ray counts as upright."""
+    """Jitter of tilt, position, size, exposure, contrast and sharpness, so the check meets X-rays taken and framed
+    unlike the training set's; mirrored half the time, as a mirrored X-ray counts as upright."""
     return v2.Compose([
         v2.RandomHorizontalFlip(),
-        v2.RandomAffine(degrees=8, translate=(0.08, 0.08), scale=(0.85, 1.15)),
-        v2.ColorJitter(brightness=0.3, contrast=0.3),
+        v2.RandomAffine(degrees=12, translate=(0.08, 0.08), scale=(0.7, 1.2)),
+        v2.ColorJitter(brightness=0.3, contrast=0.5),
+        v2.RandomApply([v2.GaussianBlur(9, sigma=(0.1, 2.5))], p=0.3),
     ])
 
 
