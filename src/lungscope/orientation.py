@@ -3,8 +3,9 @@ in one of eight :data:`ORIENTATIONS` (turned by quarter turns, and inverted or n
 
 The classifiers answer a sideways, upside-down or negative X-ray as if it were upright, and mostly wrongly (of the 129
 normal children among the check's held-out X-rays, the default model called 90-98% pneumonia when turned a quarter,
-64% when inverted): such an image is refused with what to do about it (:func:`read_upright`). A mirrored X-ray is not checked (it looks upright; the
-classifiers answer it as they answer the original). Results: ``benchmarks/results/orientation.md``.
+64% when inverted): such an image is refused with what to do about it (:func:`read_upright`). A mirrored X-ray is not
+checked (it looks upright; the classifiers answer it as they answer the original). Results:
+``benchmarks/results/orientation.md``.
 """
 
 from __future__ import annotations
