@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from lungscope.data.labels import decide
 from lungscope.data.transforms import Preprocessing
+from lungscope.options import POSITIVE, Range, option
 from lungscope.progress import progress_bar
 from lungscope.training.data import AugmentedImages, preload
 from lungscope.training.distributed import gather_rows, sum_over_ranks
@@ -81,23 +82,44 @@ def run_epochs(
     return False
 
 
-Optimisation = tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]
+@dataclass
+class OneCycleOptions:
+    """The options the small trainers (the lung segmenter's, the orientation check's: :func:`fit_best_epoch`) share
+    with the same defaults; each trainer's config adds its network, epochs, batch size and held-out fraction."""
+
+    lr: float = option(2e-3, range=POSITIVE, help="peak learning rate of the one-cycle schedule")
+    val_fraction: float = option(0.1, range=Range(0, 1, low_included=False, high_included=False),
+                                 help="patients kept for choosing the best epoch")
+    seed: int = option(0, help="seed of the split, the initialisation and the random draws of training")
 
 
 def fit_best_epoch(
-    model: nn.Module, folder: RunFolder, *, epochs: int, lr: float, steps_per_epoch: int,
-    train: Callable[[Optimisation], dict[str, float]], validate: Callable[[], dict[str, float]], monitor: str,
-    desc: str, progress: bool | None,
+    model: nn.Module, folder: RunFolder, *, epochs: int, lr: float, count: int, batch_size: int,
+    loss_of: Callable[[torch.Tensor], torch.Tensor], validate: Callable[[], dict[str, float]], monitor: str,
+    desc: str, progress: bool | None, generator: torch.Generator | None = None,
 ) -> tuple[Progress, dict[str, torch.Tensor]]:
     """The small trainers' loop (the lung segmenter's, the orientation check's): Adam with a one-cycle schedule
-    peaking at ``lr``; each epoch ``train((optimizer, scheduler))`` (``train_loss``), ``validate()`` (``monitor``,
-    higher is better), the row written to ``folder``'s ``metrics.csv``. Returns the progress and a copy of the
-    weights of the best epoch."""
+    peaking at ``lr``; each epoch the ``count`` training items in a random order (drawn from ``generator``),
+    ``batch_size`` at a time, ``loss_of(indices)`` minimised, then ``validate()`` (``monitor``, higher is better),
+    the row written to ``folder``'s ``metrics.csv``. Returns the progress and a copy of the best epoch's weights."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, epochs=epochs, steps_per_epoch=steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, epochs=epochs,
+                                                    steps_per_epoch=-(-count // batch_size))
     best_state: dict[str, torch.Tensor] = {}
     folder.open_metrics(["epoch", "train_loss", monitor, "seconds"])
     bar = progress_bar(total=epochs, desc=desc, unit="epoch", show=progress)
+
+    def train() -> dict[str, float]:
+        model.train()
+        total = 0.0
+        for batch in torch.randperm(count, generator=generator).split(batch_size):
+            loss = loss_of(batch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(batch)
+        return {"train_loss": total / count}
 
     def record(row: dict[str, float], improved: bool) -> None:
         folder.record(row)  # each epoch: progress for a log reader
@@ -106,8 +128,7 @@ def fit_best_epoch(
             best_state.update(copy_state(model))
 
     state = Progress()
-    run_epochs(state, epochs, record=record, monitor=monitor, minimise=False,
-               train=lambda: train((optimizer, scheduler)), validate=validate)
+    run_epochs(state, epochs, record=record, monitor=monitor, minimise=False, train=train, validate=validate)
     bar.close()
     return state, best_state
 

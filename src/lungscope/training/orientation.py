@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -24,26 +24,22 @@ from lungscope.data.labels import patient_id
 from lungscope.data.splits import split_by_patient
 from lungscope.errors import DatasetError
 from lungscope.models import create_model, get_spec
-from lungscope.options import AT_LEAST_ONE, FRACTION, POSITIVE, Range, check_options, option
+from lungscope.options import AT_LEAST_ONE, FRACTION, check_options, option
 from lungscope.orientation import ORIENTATIONS, REFUSE_AT, OrientationCheck, orient
 from lungscope.progress import progress_bar
 from lungscope.segmentation.segmenter import normalise, resized
-from lungscope.training.engine import fit_best_epoch
+from lungscope.training.engine import OneCycleOptions, fit_best_epoch
 from lungscope.training.run_folder import RunFolder
 
 
 @dataclass
-class OrientationConfig:
+class OrientationConfig(OneCycleOptions):
     """Options of an orientation-check training run. Fractions are of patients."""
 
     model: str = option("five-block-cnn", help="registry name of a classification network")
     epochs: int = option(10, range=AT_LEAST_ONE, help="epochs to train")
     batch_size: int = option(64, range=AT_LEAST_ONE, help="images per step")
-    lr: float = option(2e-3, range=POSITIVE, help="peak learning rate of the one-cycle schedule")
-    val_fraction: float = option(0.1, range=Range(0, 1, low_included=False, high_included=False),
-                                 help="patients kept for choosing the best epoch")
     test_fraction: float = option(0.1, range=FRACTION, help="patients held out for the final scores")
-    seed: int = option(0, help="seed of the split, the initialisation, the orientations and the augmentation")
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -73,21 +69,17 @@ def _augment() -> v2.Compose:
     ])
 
 
-def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler, images: torch.Tensor, batch_size: int,
-                 generator: torch.Generator) -> dict[str, float]:
-    model.train()
-    augment, total = _augment(), 0.0
-    for batch in torch.randperm(len(images), generator=generator).split(batch_size):
+def _batch_loss(model: torch.nn.Module, images: torch.Tensor,
+                generator: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The loss of a batch of training images (their indices), each augmented and shown in a random orientation."""
+    augment = _augment()
+
+    def loss_of(batch: torch.Tensor) -> torch.Tensor:
         targets = torch.randint(len(ORIENTATIONS), (len(batch),), generator=generator)
         x = torch.stack([orient(augment(images[i]).clamp(0, 1), int(t)) for i, t in zip(batch, targets)])
-        loss = F.cross_entropy(model(normalise(x)), targets)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        total += loss.item() * len(batch)
-    return {"train_loss": total / len(images)}
+        return F.cross_entropy(model(normalise(x)), targets)
+
+    return loss_of
 
 
 @torch.inference_mode()
@@ -135,8 +127,8 @@ def train_orientation(
     model = create_model(config.model, num_classes=len(ORIENTATIONS))
     started = time.perf_counter()
     state, best_state = fit_best_epoch(
-        model, folder, epochs=config.epochs, lr=config.lr, steps_per_epoch=-(-len(train_x) // config.batch_size),
-        train=lambda optimisation: _train_epoch(model, *optimisation, train_x, config.batch_size, generator),
+        model, folder, epochs=config.epochs, lr=config.lr, count=len(train_x), batch_size=config.batch_size,
+        loss_of=_batch_loss(model, train_x, generator), generator=generator,
         validate=lambda: {"val_accuracy": _summary(_scores(model, val_x))["accuracy"]}, monitor="val_accuracy",
         desc="orientation", progress=progress)
     folder.save_best({"model": best_state, "model_name": config.model, "image_size": size,

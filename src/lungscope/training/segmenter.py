@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,16 +24,16 @@ from lungscope.data.transforms import NORMALISATIONS
 from lungscope.errors import ConfigError
 from lungscope.models import create_model, get_spec
 from lungscope.models.weights import check_pretrained_input
-from lungscope.options import AT_LEAST_ONE, FRACTION, POSITIVE, Range, check_options, option
+from lungscope.options import AT_LEAST_ONE, FRACTION, Range, check_options, option
 from lungscope.segmentation.files import mask_scores, pair_files
 from lungscope.segmentation.masks import dice
 from lungscope.segmentation.segmenter import LungSegmenter, normalise, resized
-from lungscope.training.engine import fit_best_epoch
+from lungscope.training.engine import OneCycleOptions, fit_best_epoch
 from lungscope.training.run_folder import RunFolder
 
 
 @dataclass
-class SegmenterConfig:
+class SegmenterConfig(OneCycleOptions):
     """Options of a segmenter training run. Fractions are of patients (one image per patient in the shared set)."""
 
     model: str = option("lung-unet", help="registry name of a segmentation network")
@@ -44,11 +45,7 @@ class SegmenterConfig:
                             help="fixed: (x - 0.5) / 0.25; per-image: each image by its own mean and std")
     epochs: int = option(30, range=AT_LEAST_ONE, help="epochs to train")
     batch_size: int = option(16, range=AT_LEAST_ONE, help="images per step")
-    lr: float = option(2e-3, range=POSITIVE, help="peak learning rate of the one-cycle schedule")
-    val_fraction: float = option(0.1, range=Range(0, 1, low_included=False, high_included=False),
-                                 help="patients kept for choosing the best epoch")
     test_fraction: float = option(0.15, range=FRACTION, help="patients held out for the final Dice")
-    seed: int = option(0, help="seed of the split, the initialisation and the augmentation")
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -86,22 +83,18 @@ def _loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, masks) + (1 - soft_dice).mean()
 
 
-def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-                 images: torch.Tensor, masks: torch.Tensor, batch_size: int, normalisation: str) -> dict[str, float]:
-    """One pass over the training pairs in a random order, each pair jointly augmented; the mean loss per image."""
-    model.train()
-    augment, total = _augment(), 0.0
-    for batch in torch.randperm(len(images)).split(batch_size):
+def _batch_loss(model: nn.Module, images: torch.Tensor, masks: torch.Tensor,
+                normalisation: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The loss of a batch of training pairs (their indices), each pair jointly augmented."""
+    augment = _augment()
+
+    def loss_of(batch: torch.Tensor) -> torch.Tensor:
         pairs = [augment(tv_tensors.Image(images[i]), tv_tensors.Mask(masks[i])) for i in batch]
         x = torch.stack([image for image, _ in pairs])
         y = torch.stack([mask for _, mask in pairs])
-        loss = _loss(model(normalise(x, normalisation)), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        total += loss.item() * len(batch)
-    return {"train_loss": total / len(images)}
+        return _loss(model(normalise(x, normalisation)), y)
+
+    return loss_of
 
 
 @torch.inference_mode()
@@ -132,9 +125,8 @@ def train_segmenter(
     model = create_model(config.model, num_classes=1, pretrained=config.pretrained, **config.model_options)
     started = time.perf_counter()
     state, best_state = fit_best_epoch(
-        model, folder, epochs=config.epochs, lr=config.lr, steps_per_epoch=-(-len(train_x) // config.batch_size),
-        train=lambda optimisation: _train_epoch(model, *optimisation, train_x, train_y, config.batch_size,
-                                                config.normalise),
+        model, folder, epochs=config.epochs, lr=config.lr, count=len(train_x), batch_size=config.batch_size,
+        loss_of=_batch_loss(model, train_x, train_y, config.normalise),
         validate=lambda: _validate(model, val_x, val_y, config.normalise), monitor="val_dice", desc="segmenter",
         progress=progress)
     folder.save_best({
