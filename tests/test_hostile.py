@@ -4,6 +4,7 @@ answers NaN, loses the good rows beside it, or takes memory by what a header dec
 from __future__ import annotations
 
 import io
+import json
 import os
 import struct
 import subprocess
@@ -495,3 +496,22 @@ def test_cli_predict_png_bomb_one_line_exit_2_bounded_memory(hostile: dict[str, 
     assert done.stdout.splitlines()[1:] == [line]
     assert "Traceback" not in done.stderr
     assert rss_kb * 1024 < MAX_RSS_BYTES, f"peak {rss_kb / 2**20:.2f} GB"
+
+
+def test_file_name_that_is_not_utf8_is_written_escaped_not_a_crash(xray: np.ndarray, tmp_path: Path) -> None:
+    """Linux allows any bytes in a name; predict's console line, CSV, JSON and page show it escaped."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(xray).save(os.fsdecode(bytes(folder) + b"/bad\xffname.png"), format="PNG")
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "lungscope.cli", "predict", str(folder)]
+    env = {**os.environ, "LC_ALL": "C.UTF-8", "PYTHONUTF8": "0"}  # stdout strict about surrogates, as on most hosts
+    printed = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+    assert printed.returncode == 0, printed.stderr
+    assert "bad\\udcffname.png: " in printed.stdout and "Traceback" not in printed.stderr
+    files = [*argv, "--csv", str(out / "p.csv"), "--json", str(out / "p.json"), "--out", str(out), "--html"]
+    written = subprocess.run(files, capture_output=True, text=True, timeout=300, env=env)
+    assert written.returncode == 0, written.stderr
+    assert "bad\\udcffname.png," in (out / "p.csv").read_text()
+    assert "bad\\udcffname.png" in (out / "index.html").read_text()
+    assert json.loads((out / "p.json").read_text())[0]["error"] is None

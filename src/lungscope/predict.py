@@ -104,7 +104,8 @@ def predict_to_files(
     try:
         if csv_path is not None:
             Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
-            handle = open(csv_path, "w", newline="")  # noqa: SIM115 - closed in finally, flushed per row
+            # Closed in finally, flushed per row; a file name that is not UTF-8 is written escaped (\udcff).
+            handle = open(csv_path, "w", newline="", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
             several = classifier.tta > 1 or bool(classifier.members)
             writer = csv.DictWriter(handle, CSV_COLUMNS + [UNCERTAINTY] * several)
             writer.writeheader()
@@ -248,5 +249,5 @@ img{{max-width:100%;border:1px solid #ddd}} .PNEUMONIA,.TUBERCULOSIS{{color:#b32
 <p>Model: {escape(model)}. {len(rows)} file(s), most probable first. A research tool, not a diagnostic device.</p>
 {''.join(cards)}
 </body></html>
-""")
+""", encoding="utf-8", errors="backslashreplace")  # a file name that is not UTF-8 is shown escaped
     return out_html

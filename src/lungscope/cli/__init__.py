@@ -7,6 +7,7 @@ and exit 1; nothing a user can cause ends in a traceback.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from collections.abc import Sequence
 
@@ -41,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a file name that is not UTF-8 is printed escaped, not a crash
+        sys.stdout.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
