@@ -20,15 +20,15 @@ from scipy.stats import binomtest
 
 from lungscope.data.io import read_image
 from lungscope.inference import Classifier
-from lungscope.orientation import ORIENTATIONS, REFUSE_AT, OrientationCheck, describe, orient
+from lungscope.orientation import ORIENTATIONS, REFUSE_AT, OrientationCheck, describe, orient, refused
 from robustness import PERTURBATIONS, at_level, perturbed
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def _share(refused: int, total: int) -> str:
-    low, high = binomtest(refused, total).proportion_ci(0.95)
-    return f"{refused}/{total} = {refused / total:.3f} ({low:.3f}-{high:.3f})"
+def _share(count: int, total: int) -> str:
+    low, high = binomtest(count, total).proportion_ci(0.95)
+    return f"{count}/{total} = {count / total:.3f} ({low:.3f}-{high:.3f})"
 
 
 def _batched(answer: Callable[[list[np.ndarray]], np.ndarray], images: list[np.ndarray]) -> np.ndarray:
@@ -58,10 +58,7 @@ def main() -> None:
         cells = []
         for images in groups.values():
             shown = [orient(torch.from_numpy(x), k).numpy() for x in images]
-            probabilities = _batched(check.probabilities, shown)
-            called = probabilities.argmax(axis=1)
-            refused = int(((called != 0) & (probabilities.max(axis=1) >= REFUSE_AT)).sum())
-            cells.append(_share(refused, len(shown)))
+            cells.append(_share(int(refused(_batched(check.probabilities, shown)).sum()), len(shown)))
         print(f"| {_name(k)} | {' | '.join(cells)} |")
 
     print("\nUpright held-out X-rays changed as in `benchmarks/robustness.py` (its harshest level, and tilts beyond "
@@ -73,8 +70,8 @@ def main() -> None:
     for name, change, level in changes:
         cells = []
         for images in groups.values():
-            refused = sum(check.problem(change(x, i)) is not None for i, x in enumerate(images))
-            cells.append(_share(refused, len(images)))
+            cells.append(_share(sum(check.problem(change(x, i)) is not None for i, x in enumerate(images)),
+                                len(images)))
         print(f"| {name} {level} | {' | '.join(cells)} |")
 
     one = groups["children"][0]

@@ -49,6 +49,12 @@ def describe(index: int) -> str:
     return f"it looks {looks}; {fixes}"
 
 
+def refused(probabilities: np.ndarray) -> np.ndarray:
+    """The refusal rule, on orientation probabilities (last axis: the eight :data:`ORIENTATIONS`): refused where the
+    most probable orientation is a wrong one with probability :data:`REFUSE_AT` or more."""
+    return (probabilities.argmax(axis=-1) != 0) & (probabilities.max(axis=-1) >= REFUSE_AT)
+
+
 class OrientationCheck:
     """The orientation network with its input size. Build with :meth:`load`."""
 
@@ -76,9 +82,9 @@ class OrientationCheck:
     def problem(self, pixels: np.ndarray) -> str | None:
         """Why the image is refused (a wrong orientation at :data:`REFUSE_AT` or above), or None."""
         probabilities = self.probabilities([pixels])[0]
-        index = int(probabilities.argmax())
-        if index == 0 or probabilities[index] < REFUSE_AT:
+        if not refused(probabilities):
             return None
+        index = int(probabilities.argmax())
         return f"{describe(index)} (orientation check {probabilities[index]:.2f})"
 
 
@@ -92,7 +98,6 @@ def read_upright(path: str | os.PathLike[str]) -> XRay:
     """:func:`~lungscope.data.io.read_image`, then the bundled orientation check: an X-ray that is sideways, upside
     down or a negative raises :class:`~lungscope.data.plausibility.ImplausibleImageError` saying how to right it."""
     xray = read_image(path)
-    with torch.inference_mode():
-        if (reason := default_check().problem(xray.pixels)) is not None:
-            raise ImplausibleImageError(str(path), reason)
+    if (reason := default_check().problem(xray.pixels)) is not None:
+        raise ImplausibleImageError(str(path), reason)
     return xray

@@ -25,7 +25,7 @@ from lungscope.data.splits import split_by_patient
 from lungscope.errors import DatasetError
 from lungscope.models import create_model, get_spec
 from lungscope.options import AT_LEAST_ONE, FRACTION, check_options, option
-from lungscope.orientation import ORIENTATIONS, REFUSE_AT, OrientationCheck, orient
+from lungscope.orientation import ORIENTATIONS, OrientationCheck, orient, refused
 from lungscope.progress import progress_bar
 from lungscope.segmentation.segmenter import normalise, resized
 from lungscope.training.engine import OneCycleOptions, fit_best_epoch
@@ -92,11 +92,10 @@ def _scores(model: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
 
 def _summary(scores: np.ndarray) -> dict[str, float]:
     """Accuracy over all eight orientations, the share of upright images refused and of the others caught at
-    :data:`REFUSE_AT`."""
-    called = scores.argmax(axis=2)
-    refused = (called != 0) & (scores.max(axis=2) >= REFUSE_AT)
-    return {"accuracy": float((called == np.arange(len(ORIENTATIONS))).mean()),
-            "upright_refused": float(refused[:, 0].mean()), "others_refused": float(refused[:, 1:].mean())}
+    :data:`~lungscope.orientation.REFUSE_AT`."""
+    answered = refused(scores)
+    return {"accuracy": float((scores.argmax(axis=2) == np.arange(len(ORIENTATIONS))).mean()),
+            "upright_refused": float(answered[:, 0].mean()), "others_refused": float(answered[:, 1:].mean())}
 
 
 def train_orientation(
