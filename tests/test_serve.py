@@ -258,9 +258,14 @@ _VISIBLE_IMAGES = "[...document.images].filter(i => i.checkVisibility()).map(i =
 
 
 def test_page_states_in_chromium(server: str, chromium, tmp_path: Path) -> None:
-    """The empty page shows no image; a failed upload after a good one shows its error and none of the images."""
+    """The empty page shows no image; a failed upload after a good one shows its error and none of the images; a
+    refused X-ray shows its reason and the X-ray as uploaded, without a map."""
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
+    sideways = tmp_path / "sideways.png"
+    with Image.open(SAMPLE) as opened:
+        upright = opened.size
+        opened.convert("L").rotate(90, expand=True).save(sideways)
     page = chromium.new_page(viewport={"width": 1280, "height": 900})
     try:
         page.goto(server + "/")
@@ -277,5 +282,12 @@ def test_page_states_in_chromium(server: str, chromium, tmp_path: Path) -> None:
         assert page.evaluate("[...document.images].map(i => i.getAttribute('src'))") == [None, None]
         assert page.text_content("#verdict").startswith("notes.png: 415: notes.png: not an image")
         assert "P(" not in page.text_content("#verdict")  # none of the previous patient's numbers
+        page.set_input_files("#files", [str(sideways)])  # refused, but readable: shown as read, without a map
+        page.wait_for_function("document.getElementById('viewer').dataset.state === 'refused' && "
+                               "document.getElementById('xray').naturalWidth > 0", timeout=60_000)
+        assert page.evaluate(_VISIBLE_IMAGES) == ["xray"]
+        assert page.eval_on_selector("#xray", "e => [e.naturalWidth, e.naturalHeight]") == list(reversed(upright))
+        assert page.text_content("#verdict").startswith("sideways.png: 400: sideways.png: not a usable chest X-ray: "
+                                                        "it looks turned a quarter")
     finally:
         page.close()
