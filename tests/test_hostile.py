@@ -499,19 +499,22 @@ def test_cli_predict_png_bomb_one_line_exit_2_bounded_memory(hostile: dict[str, 
 
 
 def test_file_name_that_is_not_utf8_is_written_escaped_not_a_crash(xray: np.ndarray, tmp_path: Path) -> None:
-    """Linux allows any bytes in a name; predict's console line, CSV, JSON and page show it escaped."""
+    """Linux allows any bytes in a name; predict's console line, CSV, JSON and page show it escaped, and a newline in
+    a name does not break the one line per file."""
     folder = tmp_path / "in"
     folder.mkdir()
     Image.fromarray(xray).save(os.fsdecode(bytes(folder) + b"/bad\xffname.png"), format="PNG")
+    Image.fromarray(xray).save(folder / "two\nlines.png", format="PNG")
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "lungscope.cli", "predict", str(folder)]
     env = {**os.environ, "LC_ALL": "C.UTF-8", "PYTHONUTF8": "0"}  # stdout strict about surrogates, as on most hosts
     printed = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
     assert printed.returncode == 0, printed.stderr
     assert "bad\\udcffname.png: " in printed.stdout and "Traceback" not in printed.stderr
+    assert "two\\nlines.png: " in printed.stdout and len(printed.stdout.splitlines()) == 2
     files = [*argv, "--csv", str(out / "p.csv"), "--json", str(out / "p.json"), "--out", str(out), "--html"]
     written = subprocess.run(files, capture_output=True, text=True, timeout=300, env=env)
     assert written.returncode == 0, written.stderr
     assert "bad\\udcffname.png," in (out / "p.csv").read_text()
     assert "bad\\udcffname.png" in (out / "index.html").read_text()
-    assert json.loads((out / "p.json").read_text())[0]["error"] is None
+    assert [row["error"] for row in json.loads((out / "p.json").read_text())] == [None, None]

@@ -1,8 +1,14 @@
-"""Plain-text layout shared by every terminal view: aligned tables."""
+"""Plain-text layout shared by every terminal view: aligned tables, one-line text."""
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Collection, Sequence
+
+
+def printable(text: str) -> str:
+    """``text`` kept to one terminal line: control characters (a newline in a file name) written as escapes."""
+    return "".join(c.encode("unicode_escape").decode() if unicodedata.category(c) == "Cc" else c for c in text)
 
 
 def format_table(rows: Sequence[Sequence[str]], *, right: Collection[int] = (), indent: str = "") -> str:

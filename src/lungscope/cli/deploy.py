@@ -19,6 +19,7 @@ from lungscope.cli.common import (
     printed_warnings,
 )
 from lungscope.errors import ConfigError
+from lungscope.text import printable
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -36,8 +37,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     threshold = resolve_threshold(classifier, args.threshold)
     if args.csv is None and args.json is None:
         for row in run.rows:
-            print(f"{row['path']}: "
-                  + (row["error"] or f"{row['prediction']}, {probability_text(row, classifier.classes, threshold)}"))
+            print(printable(f"{row['path']}: " + (row["error"] or f"{row['prediction']}, "
+                                                   f"{probability_text(row, classifier.classes, threshold)}")))
     figures: dict[str, str] = {}
     if args.explain:
         from lungscope.data.naming import unique_stems
