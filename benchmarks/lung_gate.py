@@ -13,6 +13,7 @@ benchmarks/results/lung_gate.md.
 from __future__ import annotations
 
 import argparse
+import gzip
 import io
 import random
 from collections.abc import Callable
@@ -22,11 +23,14 @@ import cv2
 import matplotlib
 import numpy as np
 import pandas as pd
+import pydicom
 import torch
 from PIL import Image, ImageDraw
 from sklearn.datasets import load_sample_images
 
+from lungscope.data.datasets import find_images
 from lungscope.data.io import read_image
+from lungscope.errors import ImageReadError
 from lungscope.segmentation import LungSegmenter
 
 matplotlib.use("Agg")
@@ -48,8 +52,22 @@ def shuffled_children() -> list[Path]:
     return children
 
 
-def not_chest_xrays() -> dict[str, np.ndarray]:
-    """Made-up and bundled pictures that are not chest X-rays, and X-rays shown the wrong way, in [0, 1]."""
+def _medical() -> dict[str, np.ndarray]:
+    """Medical images that are not chest X-rays, bundled with pydicom and matplotlib (CT, MR, ultrasound)."""
+    dicoms = Path(pydicom.__file__).parent / "data" / "test_files"
+    inputs = {f"pydicom {name} ({label})": read_image(dicoms / name).pixels for name, label in (
+        ("693_J2KI.dcm", "CT"), ("J2K_pixelrep_mismatch.dcm", "CT head"), ("MR_small.dcm", "MR"),
+        ("examples_overlay.dcm", "MR abdomen"), ("examples_jpeg2k.dcm", "ultrasound"),
+        ("examples_rgb_color.dcm", "ultrasound, colour"), ("image_dfl.dcm", "secondary capture"))}
+    with gzip.open(Path(matplotlib.get_data_path()) / "sample_data" / "s1045.ima.gz") as raw:  # a 16-bit MR slice
+        slice_ = np.frombuffer(raw.read(), np.uint16).reshape(256, 256).astype(np.float32)
+    inputs["matplotlib s1045.ima (MR head)"] = slice_ / slice_.max()
+    return inputs
+
+
+def not_chest_xrays(pictures: Path | None = None) -> dict[str, np.ndarray]:
+    """Made-up and bundled pictures that are not chest X-rays, and X-rays shown the wrong way, in [0, 1]; with
+    ``pictures``, every image lungscope reads in that folder too."""
     rng = np.random.default_rng(0)
     adult = read_image(SHARED / "lung_masks" / "images" / "CHNCXR_0327_1.png").pixels
     child = read_image(sorted((SHARED / "chest_xray" / "train" / "NORMAL").glob("*.jpeg"))[0]).pixels
@@ -81,6 +99,12 @@ def not_chest_xrays() -> dict[str, np.ndarray]:
         inputs[f"photograph {name}"] = read_image(Path(matplotlib.get_data_path()) / "sample_data" / name).pixels
     for name, photo in zip(("china.jpg", "flower.jpg"), load_sample_images().images):
         inputs[f"photograph {name}"] = (photo.mean(axis=2) / 255).astype(np.float32)
+    inputs |= _medical()
+    for path in find_images(pictures)[0] if pictures else []:
+        try:
+            inputs[path.name] = read_image(path).pixels
+        except ImageReadError:  # refused before any network sees it
+            continue
     return inputs
 
 

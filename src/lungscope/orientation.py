@@ -4,8 +4,12 @@ in one of eight :data:`ORIENTATIONS` (turned by quarter turns, and inverted or n
 The classifiers answer a sideways, upside-down or negative X-ray as if it were upright, and mostly wrongly (of the 129
 normal children among the check's held-out X-rays, the default model called 90-98% pneumonia when turned a quarter,
 64% when inverted): such an image is refused with what to do about it (:func:`read_upright`). A mirrored X-ray is not
-checked (it looks upright; the classifiers answer it as they answer the original). Results:
-``benchmarks/results/orientation.md``.
+checked (it looks upright; the classifiers answer it as they answer the original).
+
+The same network refuses pictures that are not chest X-rays (a photograph, a CT or MR slice, a chart, noise), which
+the classifiers would otherwise answer: shown in all eight orientations, a chest X-ray has each view told with near
+certainty, another picture does not (:func:`recognition`; rotation prediction as an out-of-distribution score,
+Hendrycks et al., NeurIPS 2019). Results: ``benchmarks/results/orientation.md``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,14 @@ from lungscope.segmentation.segmenter import normalise, resized
 ORIENTATIONS: tuple[tuple[int, bool], ...] = tuple((turns, inverted) for inverted in (False, True)
                                               for turns in range(4))
 REFUSE_AT = 0.9  # the probability of one wrong orientation at which an image is refused
+# The recognition under which an image is refused as not a chest X-ray: the highest step of 0.05 that refuses none of
+# the shared X-rays as stored with a step to spare and at most 1 in 1,000 of the check's validation X-rays changed as
+# benchmarks/robustness.py changes them (benchmarks/orientation.py --split).
+RECOGNISED_AT = 0.2
+NOT_RECOGNISED = "it does not look like a chest X-ray"
+# As it is, the probability of upright from which an image is answered without its other views: no picture that is
+# not an X-ray passes this way that the eight views would refuse (benchmarks/results/orientation.md)
+SURE_UPRIGHT = 0.999
 _TURNED = {1: "turned a quarter anticlockwise", 2: "upside down", 3: "turned a quarter clockwise"}
 _FIX = {1: "turn it a quarter clockwise", 2: "turn it half round", 3: "turn it a quarter anticlockwise"}
 
@@ -49,10 +61,53 @@ def describe(index: int) -> str:
     return f"it looks {looks}; {fixes}"
 
 
+def _composed() -> np.ndarray:
+    """``[k, j]``: the orientation an image in orientation ``j`` is in once shown in orientation ``k`` (quarter turns
+    add up, inversions cancel)."""
+    index = {o: i for i, o in enumerate(ORIENTATIONS)}
+    return np.array([[index[((turns_k + turns_j) % 4, inverted_k != inverted_j)]
+                      for turns_j, inverted_j in ORIENTATIONS] for turns_k, inverted_k in ORIENTATIONS])
+
+
+_COMPOSED = _composed()
+
+
+def views(model: nn.Module, batch: torch.Tensor, count: int = len(ORIENTATIONS)) -> np.ndarray:
+    """``(N, count, 8)``: for each image of a normalised-size ``(N, 1, S, S)`` [0, 1] batch shown in the first
+    ``count`` orientations (axis 1, 0: as it is), the network's probability of each orientation (axis 2)."""
+    with torch.inference_mode():
+        return np.stack([torch.softmax(model(normalise(orient(batch, k))), dim=1).numpy() for k in range(count)],
+                        axis=1)
+
+
+def recognition(probabilities: np.ndarray) -> np.ndarray:
+    """How surely the check tells the orientation of every view of an image, from :func:`views`' ``(..., 8, 8)``:
+    ``(..., 8)``, for each orientation the image might be in, the geometric mean of the probabilities given to what
+    each view's orientation would then be. Near 1 at a chest X-ray's own orientation; low for a picture whose views
+    the check cannot tell apart."""
+    logs = np.log(np.clip(probabilities, 1e-12, 1))
+    return np.exp(logs[..., np.arange(len(ORIENTATIONS))[:, None], _COMPOSED].mean(axis=-2))
+
+
 def refused(probabilities: np.ndarray) -> np.ndarray:
     """The refusal rule, on orientation probabilities (last axis: the eight :data:`ORIENTATIONS`): refused where the
     most probable orientation is a wrong one with probability :data:`REFUSE_AT` or more."""
     return (probabilities.argmax(axis=-1) != 0) & (probabilities.max(axis=-1) >= REFUSE_AT)
+
+
+def reason(probabilities: np.ndarray) -> str | None:
+    """Why an image whose :func:`views` are ``probabilities`` (8 x 8) is refused, or None: an image the check is sure
+    is upright as it is (:data:`SURE_UPRIGHT`) is answered; another is refused if not recognised as a chest X-ray in
+    the orientation it is in or looks to be in (:func:`recognition` under :data:`RECOGNISED_AT`; the reason starts
+    with :data:`NOT_RECOGNISED`), or if in a wrong orientation (:func:`refused`)."""
+    if probabilities[0, 0] >= SURE_UPRIGHT:
+        return None
+    turned = bool(refused(probabilities[0]))
+    index = int(probabilities[0].argmax()) if turned else 0
+    if (score := float(recognition(probabilities)[index])) < RECOGNISED_AT:
+        return (f"{NOT_RECOGNISED}: the orientation check cannot tell which way up it is (recognition {score:.2f}, "
+                f"under {RECOGNISED_AT})")
+    return f"{describe(index)} (orientation check {probabilities[0, index]:.2f})" if turned else None
 
 
 class OrientationCheck:
@@ -73,19 +128,24 @@ class OrientationCheck:
         model.load_state_dict(state["model"])
         return cls(model, int(state["image_size"]), {k: v for k, v in state.items() if k != "model"})
 
-    @torch.inference_mode()
-    def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
-        """``(N, 8)``: the probability of each orientation for each 2-D float [0, 1] image."""
-        logits = self.model(normalise(resized(images, self.input_size)))
-        return torch.softmax(logits, dim=1).numpy()
+    def views(self, images: list[np.ndarray]) -> np.ndarray:
+        """:func:`views` of 2-D float [0, 1] images: ``(N, 8, 8)``; ``[:, 0]`` is each image's own answer."""
+        return views(self.model, resized(images, self.input_size))
+
+    def reasons(self, images: list[np.ndarray]) -> list[str | None]:
+        """Why each 2-D float [0, 1] image is refused (:func:`reason`), or None. Each is seen as it is first; only
+        those not surely upright are shown in the other seven orientations (one pass instead of eight for nearly
+        every chest X-ray)."""
+        batch = resized(images, self.input_size)
+        unsure = np.flatnonzero(views(self.model, batch, 1)[:, 0, 0] < SURE_UPRIGHT)
+        found: list[str | None] = [None] * len(images)
+        for i, probabilities in zip(unsure, views(self.model, batch[unsure]) if len(unsure) else []):
+            found[i] = reason(probabilities)
+        return found
 
     def problem(self, pixels: np.ndarray) -> str | None:
-        """Why the image is refused (a wrong orientation at :data:`REFUSE_AT` or above), or None."""
-        probabilities = self.probabilities([pixels])[0]
-        if not refused(probabilities):
-            return None
-        index = int(probabilities.argmax())
-        return f"{describe(index)} (orientation check {probabilities[index]:.2f})"
+        """Why the image is refused (:func:`reason`), or None."""
+        return self.reasons([pixels])[0]
 
 
 @lru_cache(maxsize=1)

@@ -25,7 +25,7 @@ from lungscope.data.splits import split_by_patient
 from lungscope.errors import DatasetError
 from lungscope.models import create_model, get_spec
 from lungscope.options import AT_LEAST_ONE, FRACTION, check_options, option
-from lungscope.orientation import ORIENTATIONS, OrientationCheck, orient, refused
+from lungscope.orientation import NOT_RECOGNISED, ORIENTATIONS, OrientationCheck, orient, reason, refused, views
 from lungscope.progress import progress_bar
 from lungscope.segmentation.segmenter import normalise, resized
 from lungscope.training.engine import OneCycleOptions, fit_best_epoch
@@ -82,20 +82,13 @@ def _batch_loss(model: torch.nn.Module, images: torch.Tensor,
     return loss_of
 
 
-@torch.inference_mode()
-def _scores(model: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
-    """``(N, 8, 8)``: for each image shown in each orientation, the predicted probability of each orientation."""
-    model.eval()
-    return np.stack([torch.softmax(model(normalise(orient(images, k))), dim=1).numpy()
-                     for k in range(len(ORIENTATIONS))], axis=1)
-
-
 def _summary(scores: np.ndarray) -> dict[str, float]:
     """Accuracy over all eight orientations, the share of upright images refused and of the others caught at
-    :data:`~lungscope.orientation.REFUSE_AT`."""
+    :data:`~lungscope.orientation.REFUSE_AT`, and of the upright ones not recognised as X-rays."""
     answered = refused(scores)
-    return {"accuracy": float((scores.argmax(axis=2) == np.arange(len(ORIENTATIONS))).mean()),
-            "upright_refused": float(answered[:, 0].mean()), "others_refused": float(answered[:, 1:].mean())}
+    return {"accuracy": float((scores.argmax(axis=2) == np.arange(scores.shape[1])).mean()),
+            "upright_refused": float(answered[:, 0].mean()), "others_refused": float(answered[:, 1:].mean()),
+            "not_recognised": float(np.mean([str(reason(v)).startswith(NOT_RECOGNISED) for v in scores]))}
 
 
 def train_orientation(
@@ -128,7 +121,7 @@ def train_orientation(
     state, best_state = fit_best_epoch(
         model, folder, epochs=config.epochs, lr=config.lr, count=len(train_x), batch_size=config.batch_size,
         loss_of=_batch_loss(model, train_x, generator), generator=generator,
-        validate=lambda: {"val_accuracy": _summary(_scores(model, val_x))["accuracy"]}, monitor="val_accuracy",
+        validate=lambda: {"val_accuracy": _summary(views(model.eval(), val_x))["accuracy"]}, monitor="val_accuracy",
         desc="orientation", progress=progress)
     folder.save_best({"model": best_state, "model_name": config.model, "image_size": size,
                       "orientations": [list(o) for o in ORIENTATIONS], "epoch": state.best_epoch,
@@ -138,7 +131,7 @@ def train_orientation(
     summary = {
         "images": {part: int((split["split"] == part).sum()) for part in ("train", "val", "test")},
         "best_epoch": state.best_epoch, "val_accuracy": state.best,
-        "test": _summary(_scores(check.model, test_x)) if len(test_x) else None,
+        "test": _summary(views(check.model, test_x)) if len(test_x) else None,
         "seconds": round(time.perf_counter() - started, 1), "config": asdict(config),
     }
     folder.write_summary(summary)
