@@ -206,6 +206,16 @@ def test_dicom_rescale_then_window(tmp_path: Path, photometric: str) -> None:
     assert xray.meta["window"] == (center, width) and xray.meta["rescale"] == (2.0, -1000.0)
 
 
+@pytest.mark.parametrize(("width", "function"), [(0.0, "LINEAR"), (0.5, "LINEAR"), (0.0, "SIGMOID"),
+                                                 (-3.0, "LINEAR_EXACT")])
+def test_dicom_window_of_invalid_width_is_ignored(tmp_path: Path, width: float, function: str) -> None:
+    """Some devices write WindowWidth 0: the image reads over its stored range, as with no window, not refused."""
+    path = _write_dicom(tmp_path / "w0.dcm", STORED12, WindowCenter=2048, WindowWidth=width, VOILUTFunction=function)
+    xray = read_image(path)
+    np.testing.assert_allclose(xray.pixels, STORED12 / 4095, atol=1e-6)
+    assert "window" not in xray.meta and "not a valid window width" in str(xray.meta["window_ignored"])
+
+
 def test_dicom_voi_lut_preferred_over_window(tmp_path: Path) -> None:
     lut = np.round(np.sqrt(np.arange(4096) / 4095) * 4000 + 95).astype(int)  # outputs 95..4095, nominally 16 bits
     item = Dataset()
@@ -294,7 +304,12 @@ def test_dicom_errors(tmp_path: Path) -> None:
     (tmp_path / "cut.dcm").write_bytes(whole[:-1000])
     text_window = _write_dicom(tmp_path / "window.dcm", STORED12, WindowCenter="1234", WindowWidth="5678")
     text_window.write_bytes(text_window.read_bytes().replace(b"1234", b"abcd"))
+    floats = _write_dicom(tmp_path / "float.dcm", STORED12, pixel_data=False)
+    ds = dcmread(floats)
+    ds.BitsAllocated, ds.FloatPixelData = 32, STORED12.astype("<f4").tobytes()
+    ds.save_as(floats)
     cases = [(no_pixels, "no pixel data", (read_header, read_image, verify_image)),
+             (floats, "unsupported: DICOM float pixel data", (read_header, read_image, verify_image)),
              (palette, "unsupported", (read_header, read_image, verify_image)),
              (tmp_path / "cut.dcm", "truncated", (read_header, read_image, verify_image)),
              (text_window, "corrupt or unreadable: WindowCenter/WindowWidth are not numbers", (read_image,))]

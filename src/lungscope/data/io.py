@@ -18,8 +18,9 @@ How values become [0, 1] (bright = dense, as MONOCHROME2):
   reads identically. ``meta["value_range"]`` gives the range used.
 * 32-bit integer or float (``I``, ``F``): stretched from the image's own minimum to maximum.
 * DICOM grey: the Modality LUT or RescaleSlope/Intercept, then the first VOI LUT (preferred) or the
-  first WindowCenter/Width, mapped from that transform's output range to [0, 1]; without a VOI the
-  range of possible stored values (BitsStored, PixelRepresentation, after rescale) maps to [0, 1].
+  first WindowCenter/Width (one with a width the standard does not allow is ignored, as viewers do),
+  mapped from that transform's output range to [0, 1]; without a VOI the range of possible stored values
+  (BitsStored, PixelRepresentation, after rescale) maps to [0, 1].
   MONOCHROME1 is then inverted. Colour DICOM (3 samples): BT.601 luminance over 2**BitsStored - 1.
   Multi-frame DICOM and multi-page TIFF: only the first frame is read (``meta["frames"]`` says so).
 * Compressed DICOM is decoded by pydicom's plugins: Pillow and GDCM (JPEG Lossless, JPEG-LS, JPEG 2000, RLE);
@@ -480,6 +481,8 @@ def _dicom_frame(path: Path, ds: Dataset) -> np.ndarray:
 def _dicom_info(path: Path, ds: Dataset, max_pixels: int, size: int) -> ImageInfo:
     """Check a DICOM header (pixel data present within ``size`` bytes, size, photometric interpretation) and
     describe it."""
+    if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:  # a parametric map; no radiograph stores floats
+        raise ImageReadError(path, "unsupported: DICOM float pixel data, which no radiograph stores")
     if "PixelData" not in ds:
         raise ImageReadError(path, "no pixel data: the DICOM file has no (7FE0,0010) Pixel Data element")
     # A raw (deferred) element gives its position and declared length without reading the value; an element that
@@ -536,8 +539,8 @@ def _dicom_grey(path: Path, frame: np.ndarray, ds: Dataset, meta: dict[str, obje
         low, high = float(table.min()), float(table.max())
         values = apply_voi(np.clip(np.rint(values), first, first + entries - 1).astype(np.int64), ds)
         meta["voi"] = "VOI LUT"
-    elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
-        meta["window"] = _window(path, ds)
+    elif (window := _window(path, ds, meta)) is not None:
+        meta["window"] = window
         low, high = apply_windowing(np.array([-np.inf, np.inf]), ds)  # the window's output range
         values = apply_windowing(values, ds)
         meta["voi"] = "window"
@@ -551,14 +554,22 @@ def _dicom_grey(path: Path, frame: np.ndarray, ds: Dataset, meta: dict[str, obje
     return unit
 
 
-def _window(path: Path, ds: Dataset) -> tuple[float, float]:
-    """The first window's centre and width; text that is not a number (pydicom keeps an invalid DS as text)
-    is refused here, before pydicom's windowing fails on it with a type error."""
+def _window(path: Path, ds: Dataset, meta: dict[str, object]) -> tuple[float, float] | None:
+    """The first window's centre and width, or None without one. Text that is not a number (pydicom keeps an invalid
+    DS as text) is refused here, before pydicom's windowing fails on it with a type error; a width the standard does
+    not allow (under 1 for LINEAR, not positive otherwise: PS3.3 C.11.2.1.2) is a display hint some devices write
+    wrong, ignored as viewers ignore it (noted in ``meta``), so the full stored range is used."""
+    if ds.get("WindowCenter") is None or ds.get("WindowWidth") is None:
+        return None
     try:
-        return float(_first(ds.WindowCenter)), float(_first(ds.WindowWidth))
+        center, width = float(_first(ds.WindowCenter)), float(_first(ds.WindowWidth))
     except (TypeError, ValueError):
         raise ImageReadError(path, "corrupt or unreadable: WindowCenter/WindowWidth are not numbers "
                                    f"({ds.WindowCenter!r}, {ds.WindowWidth!r})") from None
+    if not (width >= 1 if str(ds.get("VOILUTFunction", "LINEAR")).upper() == "LINEAR" else width > 0):  # NaN too
+        meta["window_ignored"] = f"width {width:g} is not a valid window width"
+        return None
+    return center, width
 
 
 def _frames(ds: Dataset) -> int:
