@@ -26,6 +26,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+import lungscope.data.io as io_module
 from lungscope.data.io import (
     IMAGE_SUFFIXES,
     MAX_PIXELS,
@@ -462,6 +463,30 @@ def test_own_pixel_limit_and_no_pillow_bomb_warning(tmp_path: Path) -> None:
         warnings.simplefilter("error")
         assert read_header(big).width == 9500
     assert MAX_PIXELS > 9500 * 9500
+
+
+def test_huge_tiff_reads_without_pillow_bomb_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TIFF checks Pillow's bomb size again when it loads; a TIFF over that size but under ours reads quietly."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # Pillow's warning level, as if at 89 million pixels
+    values = np.linspace(0, 2.5, 90 * 80, dtype=np.float32).reshape(90, 80)
+    Image.fromarray(values).save(tmp_path / "f.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        xray = read_image(tmp_path / "f.tif")
+    np.testing.assert_allclose(xray.pixels, values / 2.5, atol=1e-6)
+
+
+@pytest.mark.parametrize("side", [1100, 2000])  # reduce factors 2 and 3 at a working side of 256
+def test_16bit_image_reduced_past_twice_the_working_side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          side: int) -> None:
+    """Pillow's reduce() refuses 16-bit modes ("image has wrong mode"): a 16-bit PNG over twice the working side
+    (8,192 pixels at 2,048) must read, as a smaller one does."""
+    monkeypatch.setattr(io_module, "WORKING_SIDE", 256)
+    ramp = np.tile(np.linspace(0, 4095, side).astype(np.uint16), (side // 2, 1))
+    Image.fromarray(ramp).save(tmp_path / "wide.png")
+    xray = read_image(tmp_path / "wide.png")
+    assert xray.pixels.shape == (128, 256) and xray.meta["downscaled_from"] == (side // 2, side)
+    np.testing.assert_allclose(xray.pixels[0], np.linspace(0, 1, 256), atol=0.01)  # the ramp, reduced
 
 
 def test_threads_leave_warning_filters_alone(tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ import threading
 import warnings
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from io import BytesIO
 from os import PathLike
@@ -382,7 +382,10 @@ def _read_raster(path: Path, fmt: str, max_pixels: int) -> XRay:
         size = im.size
         if fmt == "JPEG":
             im.draft(None, _working_shape(im.height, im.width)[::-1])  # a scale of 1/2, 1/4 or 1/8 that still covers it
-        im.load()
+        # TIFF checks Pillow's decompression-bomb size again when it loads; max_pixels has replaced that warning
+        huge = im.width * im.height > (Image.MAX_IMAGE_PIXELS or 0)
+        with _warnings_filtered("ignore", category=Image.DecompressionBombWarning) if huge else nullcontext():
+            im.load()
         orientation = _orientation(im, fmt)
         info = _raster_info(path, fmt, im, orientation, size)
         meta: dict[str, object] = {"alpha": "dropped"} if "A" in im.mode or "transparency" in im.info else {}
@@ -391,7 +394,10 @@ def _read_raster(path: Path, fmt: str, max_pixels: int) -> XRay:
         grey = im if im.mode.startswith("I;16") or im.mode in ("I", "F") else im.convert("L")
         top = _grey_top(grey, info.bit_depth)  # from the full image, before reducing averages values
         if (target := _working_shape(*size[::-1])[::-1]) != grey.size:  # from the file's size: a draft rounds
-            grey = grey.resize(target, Image.Resampling.BOX, reducing_gap=2.0)  # integer reduce() first, then box
+            # an integer reduce() first, then box; Pillow's reduce() does not take 16-bit modes (wrong mode past a
+            # factor of 2), so those are box-filtered in one step
+            gap = None if grey.mode.startswith("I;16") else 2.0
+            grey = grey.resize(target, Image.Resampling.BOX, reducing_gap=gap)
         if orientation != 1:
             grey = grey.transpose(_UPRIGHT[orientation])
             meta["exif_orientation"] = orientation
