@@ -8,8 +8,10 @@ real X-rays from the shared chest_xray/train folder; reports the number of 5xx a
 median/p95 per endpoint. Then streams a 1 GB multipart upload of zeros without Content-Length (chunked) and
 reports its answer (must be 413), how much of it left the client, and what the server wrote meanwhile: the
 bytes its process wrote by any system call (``wchar`` of /proc/PID/io: files, spooled uploads, sockets), the peak
-size of its TMPDIR and the peak of its resident memory - all under 60 MB. ``--baseline-src`` also runs the load
-part against the code in that ``src`` folder (e.g. the commit before the fix), for the latency comparison.
+size of its TMPDIR and the peak of its resident memory - all under 60 MB. Last, ``--bombs`` (16) uploads at once of
+a PNG under a megabyte that decodes to 100 million pixels: the answers and the growth of the server's resident
+memory (under 1.5 GB, whatever their number). ``--baseline-src`` also runs the load and the bombs against the code
+in that ``src`` folder (e.g. the commit before the fix), for the comparison.
 Writes benchmarks/results/serve_load.md.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import io
 import itertools
 import os
 import socket
@@ -33,11 +36,15 @@ from pathlib import Path
 
 import httpx2 as httpx
 import numpy as np
+from PIL import Image
+
+from lungscope.data.io import MAX_PIXELS
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LUNGSCOPE_SHARED_DATA", REPO.parent / "shared" / "data")) / "chest_xray" / "train"
 N_PREDICT, N_EXPLAIN, METHODS = 32, 8, ("gradcam", "guided-gradcam")
 BIG, LIMIT_MB = 1 << 30, 60
+BOMB_LIMIT_MB = 1500  # growth allowed for the bombs, whatever their number: two decodes of ~0.5 GB at a time
 
 
 def images(n: int) -> list[Path]:
@@ -107,6 +114,31 @@ def folder_size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
+class Peaks:
+    """While in the block, the peak of the server's resident memory and of its TMPDIR's size, every 20 ms."""
+
+    def __init__(self, server: Server, tmp: Path) -> None:
+        self.server, self.tmp = server, tmp
+        self.rss_before_kb, self.tmp_before = server.proc("status")["VmRSS"], folder_size(tmp)
+        self.rss_kb, self.tmp_peak = self.rss_before_kb, self.tmp_before
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.watch)
+
+    def watch(self) -> None:
+        while not self.done.is_set():
+            self.tmp_peak = max(self.tmp_peak, folder_size(self.tmp))
+            self.rss_kb = max(self.rss_kb, self.server.proc("status")["VmRSS"])
+            time.sleep(0.02)
+
+    def __enter__(self) -> Peaks:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+
 def big_upload(server: Server, tmp: Path) -> dict[str, float]:
     """Stream 1 GB of zeros as a multipart file without Content-Length; what was sent, answered and written."""
     sent = [0]
@@ -118,30 +150,44 @@ def big_upload(server: Server, tmp: Path) -> dict[str, float]:
             sent[0] += len(part)
             yield part
 
-    peaks = {"tmp": 0, "rss_kb": 0}
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.is_set():
-            peaks["tmp"] = max(peaks["tmp"], folder_size(tmp))
-            peaks["rss_kb"] = max(peaks["rss_kb"], server.proc("status")["VmRSS"])
-            time.sleep(0.02)
-
-    io_before, rss_before, tmp_before = server.proc("io"), server.proc("status")["VmRSS"], folder_size(tmp)
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    start = time.perf_counter()
-    response = httpx.post(server.url + "/api/predict", content=body(), timeout=600,
-                          headers={"content-type": "multipart/form-data; boundary=b"})
-    seconds = time.perf_counter() - start
-    done.set()
-    watcher.join()
+    io_before = server.proc("io")
+    with Peaks(server, tmp) as peaks:
+        start = time.perf_counter()
+        response = httpx.post(server.url + "/api/predict", content=body(), timeout=600,
+                              headers={"content-type": "multipart/form-data; boundary=b"})
+        seconds = time.perf_counter() - start
     io_after = server.proc("io")
     return {"status": response.status_code, "detail": response.json().get("detail"), "seconds": seconds,
             "sent": sent[0], "wchar": io_after["wchar"] - io_before["wchar"],
-            "disk": io_after["write_bytes"] - io_before["write_bytes"], "tmp_before": tmp_before,
-            "tmp_peak": peaks["tmp"], "tmp_after": folder_size(tmp), "rss_before_kb": rss_before,
-            "rss_peak_kb": peaks["rss_kb"]}
+            "disk": io_after["write_bytes"] - io_before["write_bytes"], "tmp_before": peaks.tmp_before,
+            "tmp_peak": peaks.tmp_peak, "tmp_after": folder_size(tmp), "rss_before_kb": peaks.rss_before_kb,
+            "rss_peak_kb": peaks.rss_kb}
+
+
+def pixel_bomb() -> bytes:
+    """A PNG of under a megabyte that decodes to 100 million RGB pixels (300 MB), the most the server reads."""
+    side = int(MAX_PIXELS**0.5) - 10
+    pixels = np.zeros((side, side, 3), np.uint8)
+    pixels[::7], pixels[:, ::13, 1] = 200, 90
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG", compress_level=9)
+    return buffer.getvalue()
+
+
+def bombs(server: Server, tmp: Path, count: int) -> dict[str, object]:
+    """``count`` uploads of :func:`pixel_bomb` at once to /api/predict: the answers and the server's memory."""
+    data = pixel_bomb()
+
+    def send(_: int) -> str:
+        response = httpx.post(server.url + "/api/predict", files={"file": ("bomb.png", data)}, timeout=600)
+        return f"{response.status_code} {response.json().get('detail', '')[:60]}"
+
+    with Peaks(server, tmp) as peaks, ThreadPoolExecutor(max_workers=count) as pool:
+        start = time.perf_counter()
+        answers = sorted(set(pool.map(send, range(count))))
+        seconds = time.perf_counter() - start
+    return {"answers": answers, "seconds": seconds, "megabytes": len(data) / 1e6,
+            "rss_before_kb": peaks.rss_before_kb, "rss_peak_kb": peaks.rss_kb}
 
 
 def summary(results: dict[str, list[tuple[int, float]]]) -> dict[str, dict[str, float]]:
@@ -151,11 +197,13 @@ def summary(results: dict[str, list[tuple[int, float]]]) -> dict[str, dict[str, 
             for endpoint, rows in results.items()}
 
 
-def run(src: Path, paths: list[Path], rounds: int, upload: bool) -> tuple[dict, dict | None]:
+def run(src: Path, paths: list[Path], rounds: int, upload: bool, count: int) -> tuple[dict, dict | None, dict]:
     with tempfile.TemporaryDirectory(prefix="serve-load-") as folder:
         server = Server(src, Path(folder))
         try:
-            return summary(load(server, paths, rounds)), big_upload(server, Path(folder)) if upload else None
+            stats = summary(load(server, paths, rounds))
+            big = big_upload(server, Path(folder)) if upload else None
+            return stats, big, bombs(server, Path(folder), count)
         finally:
             server.stop()
 
@@ -164,13 +212,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--baseline-src", type=Path, help="also load-test the code in this src folder")
+    parser.add_argument("--bombs", type=int, default=16, help="100-million-pixel PNGs uploaded at once")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serve_load.md")
     args = parser.parse_args()
     paths = images(N_PREDICT + N_EXPLAIN)
     load_before = os.getloadavg()[0]
-    runs = {"this code": run(REPO / "src", paths, args.rounds, upload=True)}
+    runs = {"this code": run(REPO / "src", paths, args.rounds, upload=True, count=args.bombs)}
     if args.baseline_src:
-        runs[f"baseline ({args.baseline_src})"] = run(args.baseline_src.resolve(), paths, args.rounds, upload=False)
+        runs[f"baseline ({args.baseline_src})"] = run(args.baseline_src.resolve(), paths, args.rounds, upload=False,
+                                                      count=args.bombs)
     load_after = os.getloadavg()[0]
     mb = 1024 * 1024
     command = " ".join(["nice -n 15 python benchmarks/serve_load.py", *sys.argv[1:]])
@@ -182,7 +232,7 @@ def main() -> None:
               f"({' / '.join(METHODS)}, alternating) at once, each on its own connection, against `lungscope serve` "
               "(bundled model) in a subprocess; real X-rays from chest_xray/train."), "",
              "| code | endpoint | requests | 5xx | median ms | p95 ms |", "| --- | --- | --- | --- | --- | --- |"]
-    for label, (stats, _) in runs.items():
+    for label, (stats, _, _) in runs.items():
         lines += [f"| {label} | /api/{endpoint} | {row['n']} | {row['5xx']} | {row['median_ms']:.0f} | "
                   f"{row['p95_ms']:.0f} |" for endpoint, row in stats.items()]
     big = runs["this code"][1]
@@ -199,13 +249,22 @@ def main() -> None:
               (f"| server resident memory: before / peak / growth | {big['rss_before_kb'] / 1024:.0f} / "
                f"{big['rss_peak_kb'] / 1024:.0f} / {growth / mb:.0f} |"), "",
               ("Spooled uploads are unlinked temporary files: they never show in TMPDIR's listing, which is why the "
-               "wchar count is the measure of what was written.")]
+               "wchar count is the measure of what was written."), "",
+              (f"{args.bombs} uploads at once to /api/predict of one {runs['this code'][2]['megabytes']:.1f} MB PNG "
+               "that decodes to 100 million RGB pixels (the most the server reads):"), "",
+              "| code | answers | seconds | resident MB before / peak / growth |", "| --- | --- | --- | --- |"]
+    for label, (_, _, bomb) in runs.items():
+        lines.append(f"| {label} | {'; '.join(bomb['answers'])} | {bomb['seconds']:.1f} | "
+                     f"{bomb['rss_before_kb'] / 1024:.0f} / {bomb['rss_peak_kb'] / 1024:.0f} / "
+                     f"{(bomb['rss_peak_kb'] - bomb['rss_before_kb']) / 1024:.0f} |")
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
     fivexx = sum(row["5xx"] for row in runs["this code"][0].values())
-    ok = fivexx == 0 and big["status"] == 413 and max(big["wchar"], big["tmp_peak"], growth) < LIMIT_MB * mb
+    bomb = runs["this code"][2]
+    ok = (fivexx == 0 and big["status"] == 413 and max(big["wchar"], big["tmp_peak"], growth) < LIMIT_MB * mb
+          and bomb["rss_peak_kb"] - bomb["rss_before_kb"] < BOMB_LIMIT_MB * 1024)
     sys.exit(0 if ok else 1)
 
 

@@ -8,7 +8,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from lungscope.cli import main
-from lungscope.data.io import read_image
+from lungscope.data.io import XRay, read_image
 from lungscope.evaluation.formatting import format_probability
 from lungscope.inference import Classifier
+from lungscope.serve import app as serve_app
 from lungscope.serve import create_app
 from lungscope.serve.app import default_allowed_hosts, display_name
 from test_predict import _dicom
@@ -107,6 +108,34 @@ def test_concurrent_requests_and_nothing_left_on_disk(client: TestClient) -> Non
         maps = list(pool.map(lambda _: client.post("/api/explain", files=_upload(SAMPLE)).status_code, range(6)))
     assert len({a["probability"] for a in answers}) == 1 and maps == [200] * 6
     assert set(Path(tempfile.gettempdir()).glob("lungscope-upload-*")) == before
+
+
+def test_uploads_are_read_two_at_a_time_however_many_arrive(classifier: Classifier,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading one upload can hold half a gigabyte, so requests arriving together are read DECODE_SLOTS at a time
+    (and all answered); without the bound, twelve at once are read together."""
+    reading, most, lock = [0], [0], threading.Lock()
+
+    def counted(reader: Callable[[Path], XRay]) -> Callable[[Path], XRay]:
+        def read(path: Path) -> XRay:
+            with lock:
+                reading[0] += 1
+                most[0] = max(most[0], reading[0])
+            try:
+                time.sleep(0.1)
+                return reader(path)
+            finally:
+                with lock:
+                    reading[0] -= 1
+        return read
+
+    monkeypatch.setattr(serve_app, "read_upright", counted(serve_app.read_upright))
+    monkeypatch.setattr(serve_app, "read_image", counted(serve_app.read_image))
+    client = TestClient(create_app(classifier))
+    endpoints = ["/api/predict", "/api/image", "/api/explain"] * 4
+    with ThreadPoolExecutor(max_workers=len(endpoints)) as pool:
+        codes = list(pool.map(lambda url: client.post(url, files=_upload(SAMPLE)).status_code, endpoints))
+    assert codes == [200] * len(endpoints) and most[0] == serve_app.DECODE_SLOTS == 2
 
 
 def test_openapi_docs(client: TestClient) -> None:

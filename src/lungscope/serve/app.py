@@ -9,6 +9,7 @@ Uploads live in a temporary folder for the length of one request; nothing is kep
 from __future__ import annotations
 
 import copy
+import ctypes
 import io
 import shutil
 import tempfile
@@ -38,6 +39,11 @@ from lungscope.inference import Classifier
 from lungscope.orientation import read_upright
 
 DEFAULT_MAX_UPLOAD = 50 * 1024 * 1024
+# Reading one upload can hold half a gigabyte (a 100-million-pixel RGB PNG, the most read_image decodes: 525 MB peak,
+# measured), so the server reads two at a time whatever the number of requests; decoding is CPU-bound and the model
+# already uses every core, so more at once would add memory, not throughput.
+DECODE_SLOTS = 2
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
 _CHUNK = 1 << 20
 _DISPLAY_NAME = 120  # characters of the client's file name kept for messages
 
@@ -146,6 +152,7 @@ def create_app(
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     explainer = _with_own_model(classifier)
     explain_lock = threading.Lock()  # attribution hooks live on the explainer's model: one explanation at a time
+    decoding = threading.BoundedSemaphore(DECODE_SLOTS)
 
     @contextmanager
     def uploaded(upload: UploadFile, reader: Callable[[Path], XRay] = read_upright) -> Iterator[XRay]:
@@ -156,7 +163,9 @@ def create_app(
             with path.open("wb") as handle:
                 shutil.copyfileobj(upload.file, handle, _CHUNK)
             try:
-                yield reader(path)
+                with decoding:
+                    xray = reader(path)
+                yield xray
             except ImageReadError as error:
                 status = 415 if error.reason.startswith(("not an image", "unsupported")) else 400
                 raise HTTPException(status, f"{display_name(upload.filename)}: {error.reason}") from None
@@ -221,12 +230,26 @@ def create_app(
     return app
 
 
+def return_freed_memory(threshold: int = 8 << 20) -> bool:
+    """Have glibc's malloc give every freed block of ``threshold`` bytes or more back to the system at once
+    (``mallopt(M_MMAP_THRESHOLD)``); True if set. By default a block under 32 MB freed by a request thread stays in
+    that thread's malloc arena, so each thread that once read a large upload keeps what it used (Pillow decodes in
+    16 MB blocks): reading 24 uploads of a 100-million-pixel PNG two at a time grew the server by 5.1 GB, and by
+    1.0 GB with this (measured once; benchmarks/serve_load.py measures the server as shipped). A process-wide C
+    setting that no Python library exposes, hence ctypes; False where the C library is not glibc."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):
+        return False
+
+
 def run_server(classifier: Classifier, *, host: str = "127.0.0.1", port: int = 8000, model_name: str = "model",
                max_upload: int = DEFAULT_MAX_UPLOAD, allowed_hosts: Sequence[str] | None = None) -> None:
     """Serve until interrupted (uvicorn). Binds to the loopback address unless told otherwise. ``allowed_hosts``:
     the Host names answered (default :func:`default_allowed_hosts`), so DNS-rebinding pages get 400."""
     import uvicorn
 
+    return_freed_memory()
     app = create_app(classifier, model_name=model_name, max_upload=max_upload,
                      allowed_hosts=default_allowed_hosts(host) if allowed_hosts is None else allowed_hosts)
     uvicorn.run(app, host=host, port=port)
