@@ -304,19 +304,20 @@ def test_page_states_in_chromium(server: str, chromium, tmp_path: Path) -> None:
         page.set_input_files("#files", [str(SAMPLE)])
         page.wait_for_function("document.getElementById('viewer').dataset.state === 'result' && "
                                "document.getElementById('heat').naturalWidth > 0", timeout=60_000)
-        assert page.evaluate(_VISIBLE_IMAGES) == ["xray", "heat"]
+        assert page.evaluate(_VISIBLE_IMAGES) == ["xray", "heat"] and page.is_enabled("#method")
         page.set_input_files("#files", [str(bad)])
         page.wait_for_function("document.getElementById('viewer').dataset.state === 'error'", timeout=60_000)
         assert page.evaluate(_VISIBLE_IMAGES) == []
         assert page.evaluate("[...document.images].map(i => i.getAttribute('src'))") == [None, None]
-        assert page.text_content("#verdict").startswith("notes.png: 415: notes.png: not an image")
+        assert page.text_content("#verdict").startswith("notes.png: not an image")
         assert "P(" not in page.text_content("#verdict")  # none of the previous patient's numbers
         page.set_input_files("#files", [str(sideways)])  # refused, but readable: shown as read, without a map
         page.wait_for_function("document.getElementById('viewer').dataset.state === 'refused' && "
                                "document.getElementById('xray').naturalWidth > 0", timeout=60_000)
         assert page.evaluate(_VISIBLE_IMAGES) == ["xray"]
+        assert page.is_disabled("#method") and page.is_disabled("#opacity")  # no map to choose or fade
         assert page.eval_on_selector("#xray", "e => [e.naturalWidth, e.naturalHeight]") == list(reversed(upright))
-        assert page.text_content("#verdict").startswith("sideways.png: 400: sideways.png: not a usable chest X-ray: "
+        assert page.text_content("#verdict").startswith("sideways.png: not a usable chest X-ray: "
                                                         "it looks turned a quarter")
     finally:
         page.close()
