@@ -90,6 +90,29 @@ def test_bad_uploads(client: TestClient, tmp_path: Path) -> None:
     assert client.post("/api/predict").status_code == 422  # no file field
 
 
+@pytest.mark.parametrize("request_options", [
+    {},  # no body
+    {"data": {"file": "text, not a file"}},
+    {"files": {"image": ("a.jpeg", SAMPLE.read_bytes())}},  # another field's name
+    {"files": {"file": ("", SAMPLE.read_bytes())}},  # no file name: a text field holding the whole upload
+])
+@pytest.mark.parametrize("endpoint", ["/api/predict", "/api/explain", "/api/image"])
+def test_malformed_form_is_one_line_and_never_echoes_the_upload(client: TestClient, endpoint: str,
+                                                                  request_options: dict[str, Any]) -> None:
+    response = client.post(endpoint, **request_options)
+    assert response.status_code == 422 and len(response.content) < 200
+    assert response.json() == {"detail": "file: expected an image file (a multipart form field named 'file', "
+                                         "with a file name)"}
+
+
+def test_malformed_parameters_are_one_line_naming_them(client: TestClient) -> None:
+    upload = _upload(SAMPLE)
+    response = client.post("/api/explain", files=upload, data={"alpha": "half"})
+    assert response.status_code == 422 and response.json()["detail"].startswith("alpha: Input should be a valid number")
+    response = client.post("/api/explain", files=upload, data={"method": "x" * 100_000})
+    assert response.status_code == 400 and len(response.json()["detail"]) < 250
+
+
 def test_upside_down_upload_is_refused_with_what_to_do_but_still_shown(client: TestClient, tmp_path: Path) -> None:
     flipped = tmp_path / "flipped.png"
     Image.open(SAMPLE).convert("L").rotate(180).save(flipped)
@@ -231,7 +254,9 @@ def test_openapi_declares_the_error_answers(client: TestClient) -> None:
     for path in ("/api/predict", "/api/explain", "/api/image"):
         responses = schema["paths"][path]["post"]["responses"]
         assert {"200", "400", "413", "415", "422"} <= set(responses)
-        assert responses["413"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+        for code in ("413", "422"):
+            schema_of = responses[code]["content"]["application/json"]["schema"]
+            assert schema_of == {"$ref": "#/components/schemas/ErrorBody"}
     assert schema["components"]["schemas"]["ErrorBody"]["required"] == ["detail"]
 
 

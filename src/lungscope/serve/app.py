@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from pydantic import BaseModel
@@ -58,6 +59,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "A bad request: an unreadable image or a bad parameter"},
     413: {"model": ErrorBody, "description": "The request body is larger than the server's upload limit"},
     415: {"model": ErrorBody, "description": "The upload is not an image of a supported format"},
+    422: {"model": ErrorBody, "description": "A form field is missing or malformed (the file above all)"},
 }
 
 
@@ -150,6 +152,18 @@ def create_app(
     app = FastAPI(title="lungscope", description="Chest X-ray screening with the map of where the model looked.")
     app.add_middleware(BodyLimit, limit=max_upload)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+    @app.exception_handler(RequestValidationError)
+    async def malformed(request: Request, error: RequestValidationError) -> JSONResponse:
+        """One line naming the field, as every other refusal; FastAPI's default lists each error with the input it
+        refused, which for a file part sent without a file name is the upload itself, echoed back."""
+        first = error.errors()[0]
+        field = str(first["loc"][-1]) if first.get("loc") else "form"
+        if field == "file":
+            reason = "expected an image file (a multipart form field named 'file', with a file name)"
+        else:
+            reason = str(first.get("msg", "invalid"))
+        return JSONResponse({"detail": f"{field}: {reason}"}, 422)
+
     explainer = _with_own_model(classifier)
     explain_lock = threading.Lock()  # attribution hooks live on the explainer's model: one explanation at a time
     decoding = threading.BoundedSemaphore(DECODE_SLOTS)
@@ -209,7 +223,7 @@ def create_app(
         """The map of ``method`` at the X-ray's own resolution: blended on it (``overlay``) or as a transparent
         PNG to lay over the image (``heatmap``)."""
         if method not in METHODS:
-            raise HTTPException(400, f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+            raise HTTPException(400, f"unknown method {display_name(method)!r}; choose one of {', '.join(METHODS)}")
         if view not in ("overlay", "heatmap") or not 0 <= alpha <= 1:
             raise HTTPException(400, "view must be overlay or heatmap and alpha within [0, 1]")
         with uploaded(file) as xray, explain_lock:
