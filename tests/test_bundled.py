@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -40,7 +41,7 @@ def test_the_bundled_tb_model_answers_tuberculosis(lung_masks: Path, tmp_path: P
     assert sum(a > b for a in positives for b in negatives) / (len(positives) * len(negatives)) > 0.7
 
 
-@pytest.mark.parametrize("verb", ["predict", "explain"])
+@pytest.mark.parametrize("verb", ["predict", "explain", "explain --model"])
 def test_model_tb_is_selectable_on_the_command_line(verb: str, lung_masks: Path, tmp_path: Path) -> None:
     image = next((lung_masks / "images").glob("CHNCXR_*_1.png"))
     out = tmp_path / "out"
@@ -48,9 +49,11 @@ def test_model_tb_is_selectable_on_the_command_line(verb: str, lung_masks: Path,
         code = main(["predict", "--model", "tb", str(image), "--json", str(tmp_path / "rows.json")])
         rows = json.loads((tmp_path / "rows.json").read_text())
         assert code == 0 and rows[0]["prediction"] in {"NORMAL", "TUBERCULOSIS"}
-    else:
-        code = main(["explain", "tb", str(image), "--out", str(out)])
-        assert code == 0 and any(out.iterdir())
+    else:  # the model first, or as --model (predict's and serve's way)
+        model = ["--model", "tb"] if verb == "explain --model" else ["tb"]
+        code = main(["explain", *model, str(image), "--out", str(out)])
+        maps = np.load(out / "maps.npz")
+        assert code == 0 and {maps[key].shape for key in maps.files} == {(288, 288)}  # the tb model's input size
 
 
 def test_model_tb_is_selectable_in_the_server(lung_masks: Path) -> None:

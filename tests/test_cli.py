@@ -69,6 +69,13 @@ def test_unknown_explain_method_is_refused_before_any_work(
     assert not out.exists()
 
 
+def test_explain_without_an_image_says_how_to_give_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", "default", "--out", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.strip() == ("lungscope explain: error: no image to explain: lungscope explain "
+                                               "RUN_DIR PATH ..., or --model MODEL PATH ...")
+    assert not (tmp_path / "out").exists()
+
+
 class _Crafted:
     """Unpickled, it would make the folder ``marker``: what a checkpoint with code in it could do."""
 

@@ -14,15 +14,21 @@ from lungscope.cli.common import (
     printed_warnings,
     report_skipped,
 )
+from lungscope.errors import ConfigError
 
 LAYER_HELP = "layer for gradcam/guided-gradcam (default: the model's Grad-CAM layer, else its last convolution)"
+
 
 def _cmd_explain(args: argparse.Namespace) -> int:
     from lungscope.explain.base import DEFAULT_METHOD
     from lungscope.explain.files import explain_files
 
+    # RUN_DIR first, or the model as --model (predict's and serve's way): then every positional is an image
+    run, paths = (args.model, [args.run, *args.paths]) if args.model else (args.run, args.paths)
+    if not paths:
+        raise ConfigError("no image to explain: lungscope explain RUN_DIR PATH ..., or --model MODEL PATH ...")
     with printed_warnings(args.verb):
-        result = explain_files(args.run, args.paths, args.out, args.method or [DEFAULT_METHOD], sign=args.sign,
+        result = explain_files(run, paths, args.out, args.method or [DEFAULT_METHOD], sign=args.sign,
                                layer=args.layer, batch_size=args.batch_size, device=args.device, cmap=args.cmap,
                                alpha=args.alpha, threshold=args.threshold, roi=args.roi)
     report_skipped("explain", result["failed"])
@@ -41,7 +47,9 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
         "the model-randomisation test.",
     )
     p.add_argument("run", type=Path, metavar="RUN_DIR", help=MODEL_HELP)
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files and folders")
+    p.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="image files and folders")
+    p.add_argument("--model", help="the model instead of RUN_DIR, as predict and serve take it; every positional is "
+                   "then an image")
     add_explain_methods(p, "--method", "M", "one or more of %(choices)s", show_default=True)
     p.add_argument("--sign", default="positive", help="positive (default), negative, absolute, or all: both signs in a "
                    "diverging colormap")
