@@ -5,6 +5,7 @@ chest X-rays (refused as such)."""
 from __future__ import annotations
 
 import gzip
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,7 @@ from lungscope.orientation import (
     recognition,
 )
 from lungscope.training.orientation import OrientationConfig, train_orientation
+from test_predict import _dicom
 
 
 def test_orientations_are_the_eight_distinct_views_and_zero_is_as_is() -> None:
@@ -127,11 +129,45 @@ def test_pictures_that_are_not_chest_xrays_are_refused() -> None:
     assert all(reasons[name].startswith(NOT_RECOGNISED) for name in ("CT", "MR head", "noise")), reasons
 
 
-def test_read_upright_refuses_a_ct_slice_as_not_a_chest_xray() -> None:
+def test_read_upright_refuses_a_ct_slice_by_its_header_or_else_by_its_look(tmp_path: Path) -> None:
     ct = Path(pydicom.__file__).parent / "data" / "test_files" / "693_J2KI.dcm"
+    with pytest.raises(ImplausibleImageError, match=r"not a usable chest X-ray: the DICOM header says Modality CT "
+                                                    r"\(computed tomography\); lungscope reads frontal"):
+        read_upright(ct)
+    unsaid = pydicom.dcmread(ct)
+    del unsaid.Modality  # a header that does not say what it is: the pixels are judged
+    unsaid.save_as(tmp_path / "ct.dcm")
     with pytest.raises(ImplausibleImageError, match="not a usable chest X-ray: it does not look like a chest X-ray: "
                                                     "the orientation check cannot tell which way up it is"):
-        read_upright(ct)
+        read_upright(tmp_path / "ct.dcm")
+
+
+@pytest.mark.parametrize(("header", "refused"), [
+    ({"Modality": "DX", "ViewPosition": "PA", "BodyPartExamined": "CHEST"}, None),
+    ({"Modality": "CR", "ViewPosition": "AP LLD"}, None),  # a decubitus view is a frontal projection
+    ({"Modality": "OT", "BodyPartExamined": "PORT CHEST"}, None),  # terms not listed: judged by the pixels
+    ({"Modality": "MG"}, "Modality MG (mammography)"),
+    ({"Modality": "DX", "ViewPosition": "LL"}, "ViewPosition LL (a lateral view)"),
+    ({"Modality": "CR", "ViewPosition": "XTABLE_LATERAL"}, "ViewPosition XTABLE LATERAL (a lateral view)"),
+    ({"Modality": "DX", "ViewPosition": "RAO"}, "ViewPosition RAO (an oblique view)"),
+    ({"Modality": "DX", "BodyPartExamined": "KNEE"}, "BodyPartExamined KNEE"),
+])
+def test_read_upright_refuses_a_dicom_whose_header_says_it_is_no_frontal_chest_radiograph(
+    chest_xray: Path, tmp_path: Path, header: dict[str, str], refused: str | None
+) -> None:
+    """The same upright X-ray as a DICOM file: read, unless its header names another modality, view or part."""
+    pixels = read_image(sorted((chest_xray / "train" / "NORMAL").glob("*.jpeg"))[0]).pixels
+    ds = pydicom.dcmread(_dicom(tmp_path / "x.dcm", np.rint(pixels * 4095)))
+    for keyword, value in header.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path := tmp_path / "x.dcm")
+    if refused is None:
+        np.testing.assert_allclose(read_upright(path).pixels, pixels, atol=1 / 4095)
+    else:
+        with pytest.raises(ImplausibleImageError, match=rf"not a usable chest X-ray: the DICOM header says "
+                                                        rf"{re.escape(refused)}; lungscope reads frontal"):
+            read_upright(path)
+        assert read_image(path).meta  # the file itself reads: only the check refuses it
 
 
 def test_read_upright_refuses_a_sideways_file_and_predict_says_why(chest_xray: Path, tmp_path: Path) -> None:

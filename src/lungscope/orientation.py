@@ -26,7 +26,7 @@ from torch import nn
 from lungscope.bundled import ORIENTATION
 from lungscope.checkpoint import BEST, load_checkpoint
 from lungscope.data.io import XRay, read_image
-from lungscope.data.plausibility import ImplausibleImageError
+from lungscope.data.plausibility import ImplausibleImageError, header_problem
 from lungscope.models import create_model
 from lungscope.segmentation.segmenter import normalise, resized
 
@@ -156,9 +156,11 @@ def default_check() -> OrientationCheck:
 
 
 def read_upright(path: str | os.PathLike[str]) -> XRay:
-    """:func:`~lungscope.data.io.read_image`, then the bundled orientation check: an X-ray that is sideways, upside
-    down or a negative raises :class:`~lungscope.data.plausibility.ImplausibleImageError` saying how to right it."""
+    """:func:`~lungscope.data.io.read_image`, then a DICOM file's header (:func:`~lungscope.data.plausibility.
+    header_problem`: another modality, view or body part) and the bundled orientation check: such a file, and an X-ray
+    that is sideways, upside down, a negative or not recognised, raise
+    :class:`~lungscope.data.plausibility.ImplausibleImageError` saying why (and how to right a turned one)."""
     xray = read_image(path)
-    if (reason := default_check().problem(xray.pixels)) is not None:
+    if (reason := header_problem(xray.meta) or default_check().problem(xray.pixels)) is not None:
         raise ImplausibleImageError(str(path), reason)
     return xray
