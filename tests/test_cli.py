@@ -69,6 +69,55 @@ def test_unknown_explain_method_is_refused_before_any_work(
     assert not out.exists()
 
 
+@pytest.mark.parametrize(("argv", "flag", "reason"), [
+    (["predict", "SAMPLES", "--csv", "FOLDER"], "--csv", "is a folder; give a file name"),
+    (["predict", "SAMPLES", "--json", "FILE/rows.json"], "--json", "cannot be made: FILE is a file, not a folder"),
+    (["predict", "SAMPLES", "--html", "--out", "FILE"], "--out", "is a file, not a folder"),
+    (["evaluate", "default", "--data", "SAMPLES", "--json", "FOLDER"], "--json", "is a folder; give a file name"),
+    (["explain", "default", "SAMPLES", "--out", "FILE"], "--out", "is a file, not a folder"),
+    (["segment", "SAMPLES", "--out", "FILE/masks"], "--out", "cannot be made: FILE is a file, not a folder"),
+    (["audit", "SAMPLES", "--json", "FOLDER"], "--json", "is a folder; give a file name"),
+], ids=lambda value: value[0] if isinstance(value, list) else None)
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(
+    argv: list[str], flag: str, reason: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Else the run would end, its work done, unable to write it (a traceback, before)."""
+    (folder := tmp_path / "folder").mkdir()
+    (file := tmp_path / "file").write_text("not a folder")
+    names = {"SAMPLES": str(REPO / "samples"), "FOLDER": str(folder), "FILE": str(file)}
+    argv = [names.get(word) or word.replace("FILE", str(file)) for word in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 1
+    given = next(word for word in argv if word.startswith(str(tmp_path)))
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == f"lungscope {argv[0]}: error: argument {flag}: {given}: " + reason.replace("FILE", str(file))
+    assert sorted(tmp_path.iterdir()) == [file, folder] and not any(folder.iterdir())
+
+
+@pytest.mark.parametrize(("flag", "value", "reason"), [
+    ("--workers", "0", "must be 1 or more, not 0"), ("--batch-size", "-2", "must be 1 or more, not -2"),
+    ("--workers", "two", "expected a whole number, got 'two'"),
+])
+def test_counts_are_checked_at_the_edge(flag: str, value: str, reason: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["predict", str(REPO / "samples"), flag, value])
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"lungscope predict: error: argument {flag}: {reason}"
+
+
+def test_a_failing_disk_is_one_line_not_a_traceback(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import lungscope.predict
+
+    def full(*_: object, **__: object) -> None:
+        raise OSError(28, "No space left on device", str(tmp_path / "rows.csv"))
+
+    monkeypatch.setattr(lungscope.predict, "predict_to_files", full)
+    assert main(["predict", str(REPO / "samples"), "--csv", str(tmp_path / "rows.csv")]) == 1
+    expected = f"lungscope predict: error: {tmp_path / 'rows.csv'}: No space left on device"
+    assert capsys.readouterr().err.strip() == expected
+
+
 def test_explain_without_an_image_says_how_to_give_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["explain", "default", "--out", str(tmp_path / "out")]) == 1
     assert capsys.readouterr().err.strip() == ("lungscope explain: error: no image to explain: lungscope explain "

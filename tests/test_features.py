@@ -22,6 +22,7 @@ from lungscope.features import (
     read_features,
     read_metadata,
 )
+from lungscope.features.parquet import writable_output
 from lungscope.inference import Classifier
 
 CORRUPT = "IM-9999-0001.jpeg"  # the made-up file of the xray_slice fixture
@@ -134,7 +135,6 @@ def test_writer_refuses_rows_of_the_wrong_type(tmp_path: Path) -> None:
     [
         (["no-such-run", "{data}", "--out", "{tmp}/f.parquet"], "no-such-run: checkpoint not found"),
         (["{run}", "{data}", "--out", "{tmp}/f.parquet", "--layer", "fc"], "its layers are: features, features.0"),
-        (["{run}", "{data}", "--out", "{tmp}/file.txt/f.parquet"], "cannot create its folder"),
         (["{run}", "{tmp}/nothing", "--out", "{tmp}/f.parquet"], "no such folder or CSV manifest"),
         (["{run}", "{data}", "--out", "{tmp}/f.parquet", "--engine", "spark", "--spark-master", "bogus://x"],
          "Spark master 'bogus://x': must be yarn or start with local"),
@@ -149,6 +149,14 @@ def test_cli_one_line_errors(
     assert main(["features", *argv]) == 1
     err = capsys.readouterr().err
     assert err.startswith("lungscope features: error: ") and message in err and err.count("\n") == 1
+
+
+def test_an_output_under_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "file.txt").write_text("a file, not a folder")
+    with pytest.raises(ConfigError, match=r"f\.parquet: cannot be made: .*file\.txt is a file, not a folder"):
+        writable_output(tmp_path / "file.txt" / "f.parquet")
+    with pytest.raises(ConfigError, match="is a folder; give a file name"):
+        writable_output(tmp_path)
 
 
 def test_cli_writes_and_reports(

@@ -1,7 +1,7 @@
 """The ``lungscope`` command: a thin layer over the Python API.
 
 Every verb has ``--help``. Errors that are the user's (a bad path, a bad option, an unreadable file) print one line
-and exit 1; nothing a user can cause ends in a traceback.
+and exit 1, output paths before any work; nothing a user can cause ends in a traceback, nor does a failing disk.
 """
 
 from __future__ import annotations
@@ -49,6 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except LungscopeError as error:
         print(f"lungscope {args.verb}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as error:  # the machine's doing, not lungscope's: a full disk, a folder made read-only meanwhile
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"lungscope {args.verb}: error: {where}{error.strerror or error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"lungscope {args.verb}: interrupted", file=sys.stderr)

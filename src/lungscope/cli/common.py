@@ -14,6 +14,7 @@ from typing import Any
 
 from lungscope.bundled import MODELS, TASKS
 from lungscope.data.labels import LABEL_SCHEMES
+from lungscope.data.naming import output_problem
 
 EXIT_OK, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -51,6 +52,38 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 MODEL_HELP = "run folder (or its best.pt), or a bundled model: " + ", ".join(f"{n} ({TASKS[n]})" for n in MODELS)
+
+
+def _output(text: str, folder: bool) -> Path:
+    if (problem := output_problem(text, folder=folder)) is not None:
+        raise argparse.ArgumentTypeError(f"{text}: {problem}")
+    return Path(text)
+
+
+def output_file(text: str) -> Path:
+    """argparse type of an output file: refused at once (one line) when it could not be written after the work."""
+    return _output(text, folder=False)
+
+
+def output_folder(text: str) -> Path:
+    """argparse type of an output folder, as :func:`output_file`."""
+    return _output(text, folder=True)
+
+
+def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """argparse type of a whole number from ``low`` (to ``high``): a batch size, a thread count, a port."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {low} or more, not {value}" if high is None
+                                             else f"must be within {low}-{high}, not {value}")
+        return value
+
+    return parse
 
 
 def write_json(data: object, path: Path) -> None:

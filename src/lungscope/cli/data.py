@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lungscope.cli.common import EXIT_OK, add_labels_option, write_json
+from lungscope.cli.common import EXIT_OK, add_labels_option, output_file, whole_number, write_json
 from lungscope.text import format_table
 
 
@@ -29,8 +29,8 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("source", type=Path, help="folder or CSV manifest (path,label[,patient_id][,split])")
     add_labels_option(p, "label scheme", default="binary")
-    p.add_argument("--json", type=Path, metavar="OUT", help="also write the full report as JSON")
-    p.add_argument("--workers", type=int, default=None, help="reader threads (default: one per core)")
+    p.add_argument("--json", type=output_file, metavar="OUT", help="also write the full report as JSON")
+    p.add_argument("--workers", type=whole_number(1), default=None, help="reader threads (default: one per core)")
     p.set_defaults(func=_cmd_audit)
 
 

@@ -16,7 +16,10 @@ from lungscope.cli.common import (
     add_model_options,
     add_roi_option,
     load_model,
+    output_file,
+    output_folder,
     printed_warnings,
+    whole_number,
 )
 from lungscope.errors import ConfigError
 from lungscope.text import printable
@@ -84,14 +87,14 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="files, folders (searched recursively) or glob patterns")
     p.add_argument("--model", default="default", help=MODEL_HELP)
-    p.add_argument("--csv", type=Path, metavar="OUT", help="write path,probability,prediction,error rows")
-    p.add_argument("--json", type=Path, metavar="OUT", help="write the rows as a JSON list")
+    p.add_argument("--csv", type=output_file, metavar="OUT", help="write path,probability,prediction,error rows")
+    p.add_argument("--json", type=output_file, metavar="OUT", help="write the rows as a JSON list")
     p.add_argument("--threshold", type=float, metavar="X", help="decision threshold (default: the model's own)")
     add_explain_methods(p, "--explain", "METHOD", "also write explanation figures, of %(choices)s, into --out")
-    p.add_argument("--out", type=Path, metavar="DIR", help="folder for --explain figures and --html")
+    p.add_argument("--out", type=output_folder, metavar="DIR", help="folder for --explain figures and --html")
     p.add_argument("--html", action="store_true", help="write OUT/index.html: the results with their figures")
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
-    p.add_argument("--workers", type=int, help="decoding threads (default: one per core)")
+    p.add_argument("--batch-size", type=whole_number(1), default=32, help="images per batch (default 32)")
+    p.add_argument("--workers", type=whole_number(1), help="decoding threads (default: one per core)")
     add_roi_option(p)
     add_model_options(p)
 
@@ -143,7 +146,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", default="default", help=MODEL_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=whole_number(0, 65535), default=8000)
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="larger uploads get 413 (default 50)")
     add_model_options(p)
     p.add_argument("--allowed-host", action="append", metavar="NAME",
@@ -174,7 +177,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--format", choices=FORMATS, required=True)
 
     p.defer(add)
-    p.add_argument("--out", type=Path, required=True, metavar="FILE", help="the file to write, e.g. model.onnx")
+    p.add_argument("--out", type=output_file, required=True, metavar="FILE", help="the file to write, e.g. model.onnx")
     p.set_defaults(func=_cmd_export)
 
 

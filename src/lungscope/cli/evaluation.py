@@ -14,7 +14,10 @@ from lungscope.cli.common import (
     add_model_options,
     add_roi_option,
     load_model,
+    output_file,
+    output_folder,
     printed_warnings,
+    whole_number,
 )
 from lungscope.errors import ConfigError
 
@@ -46,6 +49,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if evaluation.report["unreadable"] else EXIT_OK
 
 
+def _add_resamples(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resamples", type=whole_number(0), default=1000, metavar="N",
+                   help="patient-bootstrap resamples for the confidence intervals (default 1000; 0: none)")
+
+
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate", help="metrics with patient-bootstrap 95%% CIs, calibration and plots of a run on labelled data",
@@ -60,14 +68,15 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     add_labels_option(p, "label scheme of --data (default: the run's)")
     p.add_argument("--calibrated", action="store_true",
                    help="calibrated probabilities (the run's temperature and bias)")
-    p.add_argument("--json", type=Path, metavar="OUT", help="write the full report as JSON")
-    p.add_argument("--predictions", type=Path, metavar="OUT.csv", help="write one row per image as CSV")
-    p.add_argument("--plots", type=Path, metavar="DIR", help="write ROC, PR, confusion, reliability and training "
+    p.add_argument("--json", type=output_file, metavar="OUT", help="write the full report as JSON")
+    p.add_argument("--predictions", type=output_file, metavar="OUT.csv", help="write one row per image as CSV")
+    p.add_argument("--plots", type=output_folder, metavar="DIR",
+                   help="write ROC, PR, confusion, reliability and training "
                    "curve PNGs")
-    p.add_argument("--html", type=Path, metavar="OUT", help="write a self-contained HTML report")
-    p.add_argument("--resamples", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
+    p.add_argument("--html", type=output_file, metavar="OUT", help="write a self-contained HTML report")
+    _add_resamples(p)
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--batch-size", type=whole_number(1), default=32, help="images per forward pass (default 32)")
     add_roi_option(p)
     add_model_options(p)
     p.set_defaults(func=_cmd_evaluate)
@@ -110,7 +119,7 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("--data", type=Path, help="the site's labelled folder or CSV manifest")
     p.add_argument("--site", metavar="NAME", help="the site's name (letters, digits, '.', '_', '-')")
-    p.add_argument("--resamples", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
+    _add_resamples(p)
     p.add_argument("--target-sensitivity", type=float, metavar="X",
                    help="the most specific threshold reaching this validation sensitivity (default: Youden's J)")
 
@@ -148,9 +157,9 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, help="folder or CSV manifest to evaluate every run on, e.g. RUN_DIR/split.csv")
     p.add_argument("--split", help="evaluate only the rows of this split of --data (e.g. test)")
     add_labels_option(p, "label scheme of --data (default: the runs')")
-    p.add_argument("--resamples", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
+    _add_resamples(p)
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    p.add_argument("--csv", type=Path, metavar="OUT", help="also write the table as CSV, one row per run")
+    p.add_argument("--csv", type=output_file, metavar="OUT", help="also write the table as CSV, one row per run")
     p.set_defaults(func=_cmd_compare)
 
 

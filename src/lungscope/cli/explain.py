@@ -11,8 +11,11 @@ from lungscope.cli.common import (
     MODEL_HELP,
     add_explain_methods,
     add_roi_option,
+    output_file,
+    output_folder,
     printed_warnings,
     report_skipped,
+    whole_number,
 )
 from lungscope.errors import ConfigError
 
@@ -54,12 +57,12 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sign", default="positive", help="positive (default), negative, absolute, or all: both signs in a "
                    "diverging colormap")
     p.add_argument("--layer", metavar="NAME", help=LAYER_HELP)
-    p.add_argument("--out", type=Path, required=True, help="folder for the figures and maps.npz")
+    p.add_argument("--out", type=output_folder, required=True, help="folder for the figures and maps.npz")
     p.add_argument("--cmap", help="matplotlib colormap (default jet; RdBu_r for --sign all)")
     p.add_argument("--alpha", type=float, default=0.5, help="opacity of the heatmap (default 0.5)")
     p.add_argument("--threshold", type=float, default=0.2,
                    help="weaker values are transparent (default 0.2 of the max)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
+    p.add_argument("--batch-size", type=whole_number(1), default=16, help="images per batch (default 16)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     add_roi_option(p)
     p.set_defaults(func=_cmd_explain)
@@ -91,10 +94,11 @@ def _add_activations(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", type=Path, metavar="RUN_DIR", help=MODEL_HELP)
     p.add_argument("image", type=Path, metavar="IMAGE", help="an image file")
     p.add_argument("--layer", metavar="NAME", help="layer name, as in the model's named_modules (default: last conv)")
-    p.add_argument("--top", type=int, default=8, metavar="K", help="number of most active channels (default 8)")
+    p.add_argument("--top", type=whole_number(1), default=8, metavar="K",
+                   help="number of most active channels (default 8)")
     p.add_argument("--region", type=_region, metavar="X0,Y0,X1,Y1",
                    help="rank channels inside this box, in fractions of the model input (e.g. 0,0,0.5,1: left half)")
-    p.add_argument("--out", type=Path, required=True, help="folder for the figures")
+    p.add_argument("--out", type=output_folder, required=True, help="folder for the figures")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=_cmd_activations)
 
@@ -111,7 +115,7 @@ def _add_filters(sub: argparse._SubParsersAction) -> None:
                        description="Write OUT/filters_<layer>.png: each kernel of the convolution on one signed scale.")
     p.add_argument("run", type=Path, metavar="RUN_DIR", help=MODEL_HELP)
     p.add_argument("--layer", metavar="NAME", help="a convolution's name (default: the first)")
-    p.add_argument("--out", type=Path, required=True, help="folder for the figure")
+    p.add_argument("--out", type=output_folder, required=True, help="folder for the figure")
     p.set_defaults(func=_cmd_filters)
 
 
@@ -140,13 +144,14 @@ def _add_explain_check(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", type=Path, metavar="RUN_DIR", help=MODEL_HELP)
     p.add_argument("--data", type=Path, required=True, help="folder or CSV manifest, e.g. RUN_DIR/split.csv")
     p.add_argument("--split", help="use only the rows of this split of a manifest (e.g. test: held-out patients)")
-    p.add_argument("--n", type=int, default=100, help="images drawn at random (seeded) from --data (default 100)")
+    p.add_argument("--n", type=whole_number(1), default=100,
+                   help="images drawn at random (seeded) from --data (default 100)")
     p.add_argument("--masks", type=Path, metavar="DIR", help="lung masks named as the images (1/255 = lung)")
     add_explain_methods(p, "--method", "M", "methods to check, of %(choices)s (default: all)")
     p.add_argument("--layer", metavar="NAME", help=LAYER_HELP)
-    p.add_argument("--json", type=Path, required=True, metavar="OUT", help="report to write")
+    p.add_argument("--json", type=output_file, required=True, metavar="OUT", help="report to write")
     p.add_argument("--seed", type=int, default=0, help="seed of the image draw and the randomisation (default 0)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
+    p.add_argument("--batch-size", type=whole_number(1), default=16, help="images per batch (default 16)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=_cmd_explain_check)
 

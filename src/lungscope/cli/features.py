@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from lungscope.cli.common import EXIT_OK, EXIT_PARTIAL, MODEL_HELP, add_labels_option
+from lungscope.cli.common import EXIT_OK, EXIT_PARTIAL, MODEL_HELP, add_labels_option, output_file, whole_number
 
 
 def _cmd_features(args: argparse.Namespace) -> int:
@@ -30,7 +29,8 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run", metavar="RUN_DIR", help=MODEL_HELP)
     p.add_argument("data", metavar="DATA", help="a data set folder or CSV manifest (path,label[,patient_id])")
-    p.add_argument("--out", type=Path, required=True, metavar="FEATURES.parquet", help="the Parquet file to write")
+    p.add_argument("--out", type=output_file, required=True, metavar="FEATURES.parquet",
+                   help="the Parquet file to write")
     p.add_argument("--layer", metavar="NAME", help="a module name (see the error for the list; default: the input "
                    "of the final Linear)")
     add_labels_option(p, "label scheme (default: the run's)")
@@ -43,7 +43,7 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
 
     p.defer(add)
     p.add_argument("--spark-master", default="local[*]", metavar="URL", help="Spark master (default local[*])")
-    p.add_argument("--batch-size", type=int, default=32, help="images per model batch (default 32)")
+    p.add_argument("--batch-size", type=whole_number(1), default=32, help="images per model batch (default 32)")
     p.set_defaults(func=_cmd_features)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lungscope.cli.common import EXIT_OK, printed_warnings
+from lungscope.cli.common import EXIT_OK, output_folder, printed_warnings
 from lungscope.cli.flags import add_config_flags, config_overrides
 
 
@@ -46,7 +46,7 @@ def _add_train_head(sub: argparse._SubParsersAction) -> None:
         "(backbone + dense head) that predict, evaluate and explain take; baseline.pt holds the baseline's.",
     )
     p.add_argument("features", type=Path, help="features Parquet file from `lungscope features`")
-    p.add_argument("--out", type=Path, required=True, help="run folder to write")
+    p.add_argument("--out", type=output_folder, required=True, help="run folder to write")
 
     def add() -> None:
         from lungscope.training.head import HeadConfig

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from lungscope.cli.common import EXIT_OK, EXIT_PARTIAL, report_skipped
+from lungscope.cli.common import EXIT_OK, EXIT_PARTIAL, output_folder, report_skipped
 from lungscope.cli.flags import add_config_flags, config_overrides
 
 
@@ -30,7 +30,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
         "holes filled. Unreadable files are listed and skipped (exit code 2).",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--out", type=output_folder, required=True, metavar="DIR", help="output folder")
     p.add_argument("--model", default="default", help="segmenter checkpoint or run folder (default: the bundled one)")
     p.set_defaults(func=_cmd_segment)
 
@@ -53,7 +53,7 @@ def _add_train_segmenter(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("images", type=Path, metavar="IMAGES", help="folder of X-rays")
     p.add_argument("masks", type=Path, metavar="MASKS", help="folder of lung masks named as the X-rays")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="run folder")
+    p.add_argument("--out", type=output_folder, required=True, metavar="DIR", help="run folder")
 
     def add() -> None:
         from lungscope.training.segmenter import SegmenterConfig
@@ -81,7 +81,7 @@ def _add_train_orientation(sub: argparse._SubParsersAction) -> None:
         "OUT/best.pt, config.yaml, split.csv, metrics.csv, summary.json.",
     )
     p.add_argument("folders", nargs="+", type=Path, metavar="FOLDERS", help="folders of upright X-rays")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="run folder")
+    p.add_argument("--out", type=output_folder, required=True, metavar="DIR", help="run folder")
 
     def add() -> None:
         from lungscope.training.orientation import OrientationConfig

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lungscope.cli.common import EXIT_OK, Parser
+from lungscope.cli.common import EXIT_OK, Parser, output_folder
 from lungscope.cli.flags import add_config_flags, config_overrides
 from lungscope.errors import ConfigError
 
@@ -41,7 +41,7 @@ def _add_train_options(p: Parser, out_help: str) -> None:
     """--config, --out and a flag for every option of TrainConfig (added when the verb runs; it imports torch):
     shared by train, cv and tune."""
     p.add_argument("--config", type=Path, help="YAML file of options (see configs/)")
-    p.add_argument("--out", type=Path, required=True, help=out_help)
+    p.add_argument("--out", type=output_folder, required=True, help=out_help)
 
     def add() -> None:
         from lungscope.training import TrainConfig

@@ -1,4 +1,5 @@
-"""Output file names derived from input files: the one rule explain, segment and ``predict --html`` share."""
+"""Where outputs go: file names derived from input files (the one rule explain, segment and ``predict --html``
+share), and whether an output file or folder can be written at all, asked before any work."""
 
 from __future__ import annotations
 
@@ -35,3 +36,21 @@ def unique_stems(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
         else _hashed(path, stem)
         for path, stem in zip(paths, stems)
     ]
+
+
+def output_problem(path: str | os.PathLike[str], *, folder: bool = False) -> str | None:
+    """Why ``path`` cannot be written as an output file (or, with ``folder``, an output folder), or None. Asked before
+    the work, so that no run ends unable to write what it made; nothing is created."""
+    path = Path(path).absolute()
+    if path.is_dir() != folder and os.path.lexists(path):
+        return "is a folder; give a file name" if path.is_dir() else "is a file, not a folder"
+    if path.exists() and not os.access(path, os.W_OK):
+        return "is not writable"
+    existing = path if folder and path.is_dir() else path.parent
+    while not os.path.lexists(existing):  # the folders still to make are made under the nearest one that exists
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot be made: {existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot be written: {existing} is not writable"
+    return None

@@ -26,6 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lungscope.data.naming import output_problem
 from lungscope.errors import ConfigError
 
 METADATA_KEY = "lungscope"
@@ -48,14 +49,12 @@ def rows_per_group(feature_dim: int) -> int:
 def writable_output(path: str | os.PathLike[str]) -> Path:
     """``path`` made absolute, its folder created; ConfigError (one line) when it cannot be written there."""
     path = Path(path).absolute()
-    if path.is_dir():
-        raise ConfigError(f"{path}: is a folder; give a file name for the output")
+    if (problem := output_problem(path)) is not None:
+        raise ConfigError(f"{path}: {problem}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ConfigError(f"{path}: cannot create its folder ({error.strerror})") from None
-    if not os.access(path.parent, os.W_OK):
-        raise ConfigError(f"{path}: its folder is not writable")
     return path
 
 
