@@ -154,6 +154,25 @@ def test_bad_config_is_a_config_error(tmp_path: Path) -> None:
         TrainConfig.from_yaml(bad)
 
 
+@pytest.mark.parametrize(("content", "reason"), [
+    (b"model: [unclosed\n", "not valid YAML: expected ',' or ']', but got '<stream end>' at line 2, column 1"),
+    (b"\xff\xfe binary", "not valid YAML ('utf-8' codec can't decode byte 0xff in position 0: invalid start byte)"),
+    (b"lr: \x00", "not valid YAML (unacceptable character #x0000: special characters are not allowed; "),
+    (None, "config file not found"),
+    ("folder", "cannot read the config file (Is a directory)"),
+])
+def test_a_config_file_that_cannot_be_read_is_one_line(content: bytes | str | None, reason: str,
+                                                       tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    if content == "folder":
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    with pytest.raises(ConfigError) as error:
+        TrainConfig.from_yaml(path)
+    assert str(error.value).startswith(f"{path}: {reason}") and "\n" not in str(error.value)
+
+
 @pytest.mark.parametrize(("line", "message"), [
     ("lr: 0.001x", "config key 'lr' must be a number, not '0.001x'"),
     ("epochs: 2.5", "config key 'epochs' must be an integer, not 2.5"),

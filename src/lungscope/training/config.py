@@ -11,12 +11,29 @@ import yaml
 
 from lungscope.data.labels import LABEL_SCHEMES
 from lungscope.data.transforms import PREPROCESSING_KEYS, AugmentConfig, Preprocessing, preprocessing_option
-from lungscope.errors import ConfigError
+from lungscope.errors import ConfigError, one_line
 from lungscope.evaluation.operating import CALIBRATIONS, DEFAULT_CALIBRATION
 from lungscope.options import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Range, check_options, option
 
 EMA_BN = ("recompute", "average")  # what the averaged weights' BatchNorm statistics are
 EMA_BN_IMAGES = 512  # training images that recompute them: enough for stable statistics, ~5% of an epoch's cost
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """The YAML document in ``path``; ConfigError in one line naming the file and ``what`` it was to be."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except yaml.MarkedYAMLError as error:  # where the parser stopped, not its multi-line excerpt of the file
+        mark = error.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML: {error.problem}{where}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not valid YAML ({one_line(str(error))})") from None
+    except OSError as error:  # a folder, an unreadable file
+        raise ConfigError(f"{path}: cannot read the {what} ({error.strerror})") from None
+
 
 @dataclass
 class TrainConfig:
@@ -125,12 +142,7 @@ class TrainConfig:
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         """Read a YAML file; ``overrides`` win over the file."""
         path = Path(path)
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML ({error})") from None
+        values = read_yaml(path, "config file") or {}
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping of options, got {type(values).__name__}")
         values.update(overrides)

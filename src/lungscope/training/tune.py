@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 from lungscope.errors import ConfigError, DatasetError, LungscopeError
 from lungscope.options import choices_of
 from lungscope.progress import progress_bar
-from lungscope.training.config import TrainConfig
+from lungscope.training.config import TrainConfig, read_yaml
 from lungscope.training.cv import check_same_options, save_or_check_manifest
 from lungscope.training.trainer import make_split, train
 
@@ -133,12 +133,7 @@ def parse_space(space: Mapping[str, Any]) -> list[SearchParam]:
 def load_space(path: str | Path) -> dict[str, Any]:
     """A search space from a YAML file, validated (ConfigError naming the file)."""
     path = Path(path)
-    try:
-        space = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: search space file not found") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    space = read_yaml(path, "search space file")
     try:
         parse_space(space)
     except ConfigError as error:
