@@ -15,6 +15,7 @@ Hendrycks et al., NeurIPS 2019). Results: ``benchmarks/results/orientation.md``.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -72,12 +73,12 @@ def _composed() -> np.ndarray:
 _COMPOSED = _composed()
 
 
-def views(model: nn.Module, batch: torch.Tensor, count: int = len(ORIENTATIONS)) -> np.ndarray:
-    """``(N, count, 8)``: for each image of a normalised-size ``(N, 1, S, S)`` [0, 1] batch shown in the first
-    ``count`` orientations (axis 1, 0: as it is), the network's probability of each orientation (axis 2)."""
+def views(model: nn.Module, batch: torch.Tensor, shown: Sequence[int] = range(len(ORIENTATIONS))) -> np.ndarray:
+    """``(N, len(shown), 8)``: for each image of a normalised-size ``(N, 1, S, S)`` [0, 1] batch shown in the
+    orientations ``shown`` (axis 1; by default all eight, 0: as it is), the network's probability of each orientation
+    (axis 2)."""
     with torch.inference_mode():
-        return np.stack([torch.softmax(model(normalise(orient(batch, k))), dim=1).numpy() for k in range(count)],
-                        axis=1)
+        return np.stack([torch.softmax(model(normalise(orient(batch, k))), dim=1).numpy() for k in shown], axis=1)
 
 
 def recognition(probabilities: np.ndarray) -> np.ndarray:
@@ -138,10 +139,13 @@ class OrientationCheck:
         those not surely upright are shown in the other seven orientations (one pass instead of eight for nearly
         every chest X-ray)."""
         batch = resized(images, self.input_size)
-        unsure = np.flatnonzero(views(self.model, batch, 1)[:, 0, 0] < SURE_UPRIGHT)
+        as_is = views(self.model, batch, [0])
+        unsure = np.flatnonzero(as_is[:, 0, 0] < SURE_UPRIGHT)
         found: list[str | None] = [None] * len(images)
-        for i, probabilities in zip(unsure, views(self.model, batch[unsure]) if len(unsure) else []):
-            found[i] = reason(probabilities)
+        if len(unsure):
+            others = views(self.model, batch[unsure], range(1, len(ORIENTATIONS)))
+            for i, probabilities in zip(unsure, np.concatenate([as_is[unsure], others], axis=1)):
+                found[i] = reason(probabilities)
         return found
 
     def problem(self, pixels: np.ndarray) -> str | None:
