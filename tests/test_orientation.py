@@ -16,6 +16,7 @@ import pydicom
 import pytest
 import torch
 from PIL import Image
+from pydicom.data import get_testdata_file
 from sklearn.datasets import load_sample_images
 
 from lungscope.bundled import ORIENTATION
@@ -140,6 +141,24 @@ def test_read_upright_refuses_a_ct_slice_by_its_header_or_else_by_its_look(tmp_p
     with pytest.raises(ImplausibleImageError, match="not a usable chest X-ray: it does not look like a chest X-ray: "
                                                     "the orientation check cannot tell which way up it is"):
         read_upright(tmp_path / "ct.dcm")
+
+
+def test_a_real_adult_chest_film_from_elsewhere_is_read_and_a_tibia_film_refused(tmp_path: Path) -> None:
+    """Two computed radiographs from outside the shared data (pydicom-data; MONOCHROME1, about 1,900 pixels a side):
+    an adult chest PA is read upright, its lossy JPEG 2000 copy too; a tibia is refused by its header (EXTREMITY)
+    and, with that field removed, by its look: the first X-ray of another body part the check was shown."""
+    chest = read_upright(get_testdata_file("RG1_UNCR.dcm"))
+    assert chest.meta["inverted"] == "MONOCHROME1 to MONOCHROME2" and chest.info.height == 1955
+    lossy = read_upright(get_testdata_file("RG1_J2KI.dcm")).pixels
+    assert np.abs(lossy - chest.pixels).mean() < 0.01
+    tibia = get_testdata_file("RG3_UNCR.dcm")
+    with pytest.raises(ImplausibleImageError, match="the DICOM header says BodyPartExamined EXTREMITY"):
+        read_upright(tibia)
+    unsaid = pydicom.dcmread(tibia)
+    del unsaid.BodyPartExamined
+    unsaid.save_as(tmp_path / "tibia.dcm")
+    with pytest.raises(ImplausibleImageError, match="it does not look like a chest X-ray"):
+        read_upright(tmp_path / "tibia.dcm")
 
 
 @pytest.mark.parametrize(("header", "refused"), [

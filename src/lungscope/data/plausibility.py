@@ -43,9 +43,9 @@ OTHER_VIEWS: dict[str, str] = {"LL": "a lateral", "RL": "a lateral", "LAT": "a l
                                "LAO": "an oblique", "RAO": "an oblique", "LPO": "an oblique", "RPO": "an oblique"}
 # BodyPartExamined (0018,0015) defined terms (PS3.16 Annex L) of parts that are not the chest
 OTHER_BODY_PARTS = frozenset({
-    "ABDOMEN", "ANKLE", "ARM", "BRAIN", "BREAST", "CSPINE", "ELBOW", "FINGER", "FOOT", "FOREARM", "HAND", "HEAD",
-    "HEEL", "HIP", "HUMERUS", "JAW", "KNEE", "LEG", "LSPINE", "NECK", "PELVIS", "SACRUM", "SHOULDER", "SKULL",
-    "SSPINE", "TMJ", "TOE", "TSPINE", "WRIST", "FEMUR", "TIBIA", "FIBULA", "MANDIBLE", "SINUS",
+    "ABDOMEN", "ANKLE", "ARM", "BRAIN", "BREAST", "CSPINE", "ELBOW", "EXTREMITY", "FEMUR", "FIBULA", "FINGER", "FOOT",
+    "FOREARM", "HAND", "HEAD", "HEEL", "HIP", "HUMERUS", "JAW", "KNEE", "LEG", "LSPINE", "MANDIBLE", "NECK", "PELVIS",
+    "SACRUM", "SHOULDER", "SINUS", "SKULL", "SSPINE", "TIBIA", "TMJ", "TOE", "TSPINE", "WRIST",
 })
 _FRONTAL = {"PA", "AP"}
 
