@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from pydicom.data import get_testdata_file
 
 from lungscope.checkpoint import load_checkpoint
 from lungscope.cli import main
@@ -131,15 +132,24 @@ def test_roi_preprocess_and_map_back(lung_masks: Path) -> None:
     assert np.allclose(full[top:bottom, left:right], 1) and full.sum() == pytest.approx((bottom - top) * (right - left))
 
 
-def test_segment_cli_writes_masks_and_overlays(lung_masks: Path, tmp_path: Path) -> None:
+def test_segment_cli_writes_masks_and_overlays(lung_masks: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     names = _held_out(lung_masks, 2)
     big = tmp_path / "big.png"  # another resolution than the set's 256x256
     cv2.imwrite(str(big), cv2.resize(cv2.imread(str(lung_masks / "images" / names[0])), (320, 400)))
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png")
+    sideways = tmp_path / "sideways.png"  # refused as predict refuses it, and so is a film of a tibia
+    cv2.imwrite(str(sideways), cv2.rotate(cv2.imread(str(lung_masks / "images" / names[0])), cv2.ROTATE_90_CLOCKWISE))
+    tibia = get_testdata_file("RG3_UNCR.dcm")
     out = tmp_path / "out"
-    code = main(["segment", str(lung_masks / "images" / names[1]), str(big), str(bad), "--out", str(out)])
-    assert code == 2  # the broken file is reported, the others are written
+    code = main(["segment", str(lung_masks / "images" / names[1]), str(big), str(bad), str(sideways), tibia,
+                 "--out", str(out)])
+    assert code == 2  # the broken and refused files are reported, the others are written
+    err = capsys.readouterr().err
+    assert f"{sideways}: not a usable chest X-ray: it looks turned a quarter clockwise" in err
+    assert f"{tibia}: not a usable chest X-ray: the DICOM header says BodyPartExamined EXTREMITY" in err
+    assert sorted(path.name for path in (out / "masks").iterdir()) == sorted([names[1], "big.png"])
     for stem, shape in ((Path(names[1]).stem, (256, 256)), ("big", (400, 320))):
         mask = cv2.imread(str(out / "masks" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
         assert mask.shape == shape and set(np.unique(mask)) == {0, 255}

@@ -11,9 +11,10 @@ from lungscope.cli.flags import add_config_flags, config_overrides
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
+    from lungscope.orientation import read_upright
     from lungscope.segmentation.files import segment_files
 
-    result = segment_files(args.paths, args.out, segmenter=args.model)
+    result = segment_files(args.paths, args.out, segmenter=args.model, reader=read_upright)
     report_skipped("segment", result["failed"])
     print(f"segmented {len(result['written'])} image(s): masks in {args.out / 'masks'}, overlays in "
           f"{args.out / 'overlays'}")
@@ -27,7 +28,8 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
         "2,048 pixels a side",
         description="Segment the lung fields of files, folders or glob patterns with the bundled lung U-Net (or "
         "--model): OUT/masks/<stem>.png and OUT/overlays/<stem>.png. The two largest regions are kept and their "
-        "holes filled. Unreadable files are listed and skipped (exit code 2).",
+        "holes filled. Unreadable files, and X-rays refused as predict refuses them (turned, or not a frontal chest "
+        "X-ray), are listed and skipped (exit code 2).",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
     p.add_argument("--out", type=output_folder, required=True, metavar="DIR", help="output folder")

@@ -5,7 +5,7 @@ true masks, and a segmenter's scores on them."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from lungscope.data.datasets import collect_inputs, find_images
-from lungscope.data.io import read_image, read_mask
+from lungscope.data.io import XRay, read_image, read_mask
 from lungscope.data.labels import label_for, patient_id
 from lungscope.data.naming import unique_stems
 from lungscope.errors import DatasetError, ImageReadError
@@ -41,12 +41,15 @@ def segment_files(
     *,
     segmenter: str | os.PathLike[str] = "default",
     progress: bool | None = None,
+    reader: Callable[[str], XRay] = read_image,
 ) -> dict[str, Any]:
     """Segment files, folders and globs: ``OUT/masks/<stem>.png`` (255 lung, 0 not) and ``OUT/overlays/<stem>.png``,
     at the size :func:`~lungscope.data.io.read_image` reads the input at: its own, or reduced to
     :data:`~lungscope.data.io.WORKING_SIDE` pixels on the longest side, aspect ratio kept. Stems from
     :func:`~lungscope.data.naming.unique_stems`. Returns ``written`` (mask paths), ``lung_fraction`` per mask and
-    ``failed`` (``{"path", "error"}`` for what could not be read or written: the others are still written)."""
+    ``failed`` (``{"path", "error"}`` for what could not be read or written: the others are still written).
+    ``reader`` reads each file: ``lungscope segment`` passes :func:`lungscope.orientation.read_upright`, which also
+    refuses a turned X-ray and a picture that is not a chest X-ray, as predict and explain do."""
     model = LungSegmenter.load(segmenter)
     files, failed = collect_inputs(paths)
     out = Path(out)
@@ -55,7 +58,7 @@ def segment_files(
     written, fractions = [], {}
     for path, stem in zip(progress_bar(files, desc="segment", unit="image", show=progress), unique_stems(files)):
         try:
-            pixels = read_image(path).pixels
+            pixels = reader(path).pixels
         except ImageReadError as error:
             failed.append({"path": path, "error": error.reason})
             continue
