@@ -308,6 +308,16 @@ def test_serve_allowed_host_option(monkeypatch: pytest.MonkeyPatch, flags: list[
         assert TestClient(served["app"], base_url=f"http://{host}:8123").get("/api/info").status_code == status
 
 
+@pytest.mark.parametrize("megabytes", ["0", "-1", "nan", "inf"])
+def test_serve_refuses_an_upload_limit_that_is_not_a_positive_number(
+    megabytes: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(uvicorn, "run", lambda *_, **__: pytest.fail("the server must not start"))
+    assert main(["serve", "--max-upload-mb", megabytes]) == 1
+    assert capsys.readouterr().err.strip() == ("lungscope serve: error: --max-upload-mb must be a positive number of "
+                                               f"megabytes, not {float(megabytes)}")
+
+
 _VISIBLE_IMAGES = "[...document.images].filter(i => i.checkVisibility()).map(i => i.id)"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import socket
 import sys
 from pathlib import Path
@@ -112,8 +113,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from lungscope.serve.app import run_server
 
-    if args.max_upload_mb <= 0:
-        raise ConfigError("--max-upload-mb must be positive")
+    if not 0 < args.max_upload_mb < math.inf:  # NaN fails both
+        raise ConfigError(f"--max-upload-mb must be a positive number of megabytes, not {args.max_upload_mb}")
     _check_can_listen(args.host, args.port)
     classifier = load_model(args, args.model)
     print(f"lungscope: serving {args.model} on http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C stops")
