@@ -105,6 +105,14 @@ def test_counts_are_checked_at_the_edge(flag: str, value: str, reason: str, caps
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"lungscope predict: error: argument {flag}: {reason}"
 
 
+def test_an_unknown_colormap_is_refused_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "maps"
+    assert main(["explain", "default", str(REPO / "samples"), "--out", str(out), "--cmap", "jett"]) == 1
+    assert capsys.readouterr().err.strip() == ("lungscope explain: error: unknown colormap 'jett'; matplotlib's, "
+                                               "e.g. jet, viridis, RdBu_r")
+    assert not out.exists()
+
+
 def test_a_failing_disk_is_one_line_not_a_traceback(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     import lungscope.predict

@@ -118,7 +118,7 @@ def explain_files(
     model's resolution under ``<stem>/<method>``; stems from :func:`~lungscope.data.naming.unique_stems`. Bad files,
     and figures that cannot be written, are listed under ``failed`` and the run goes on.
     A :class:`~lungscope.explain.sanity.SanityWarning` is issued per untrusted method."""
-    default_cmap(sign)  # a bad sign or method is reported before any work
+    default_cmap(sign, cmap)  # a bad sign, colormap or method is reported before any work
     for method in methods:
         get_method(method)
         warn_if_untrusted(method, run)

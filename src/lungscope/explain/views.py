@@ -28,10 +28,13 @@ def _check_sign(sign: str) -> None:
         raise ConfigError(f"unknown sign {sign!r}; choose one of {', '.join(SIGNS)}")
 
 
-def default_cmap(sign: str) -> str:
-    """Jet for one-signed views, a diverging map for ``all``."""
+def default_cmap(sign: str, cmap: str | None = None) -> str:
+    """``cmap`` if matplotlib has it (else ConfigError, one line); without one, jet for one-signed views and a
+    diverging map for ``all``."""
     _check_sign(sign)
-    return DIVERGING_CMAP if sign == "all" else DEFAULT_CMAP
+    if cmap is not None and cmap not in matplotlib.colormaps:
+        raise ConfigError(f"unknown colormap {cmap!r}; matplotlib's, e.g. {DEFAULT_CMAP}, viridis, {DIVERGING_CMAP}")
+    return cmap or (DIVERGING_CMAP if sign == "all" else DEFAULT_CMAP)
 
 
 def signed_view(maps: np.ndarray, sign: str = "positive") -> np.ndarray:
@@ -57,7 +60,7 @@ def heatmap_rgba(
     if not 0 <= alpha <= 1 or not 0 <= threshold <= 1:
         raise ConfigError(f"alpha and threshold must be within [0, 1], got {alpha} and {threshold}")
     values = np.asarray(view, dtype=np.float32)
-    colours = matplotlib.colormaps[cmap or default_cmap(sign)]((values + 1) / 2 if sign == "all" else values)
+    colours = matplotlib.colormaps[default_cmap(sign, cmap)]((values + 1) / 2 if sign == "all" else values)
     rgba = colours.astype(np.float32)
     rgba[..., 3] = np.where(np.abs(values) >= threshold, alpha, 0.0)
     return rgba
@@ -137,7 +140,7 @@ def explanation_figure(
     threshold: float = 0.2,
 ) -> Figure:
     """Side by side: the X-ray, the view with a colour bar, and the overlay; ``title`` above (the prediction)."""
-    cmap = cmap or default_cmap(sign)
+    cmap = default_cmap(sign, cmap)
     figure = Figure(figsize=(12, 4.4), layout="constrained")
     image_ax, map_ax, overlay_ax = figure.subplots(1, 3)
     image_ax.imshow(image, cmap="gray", vmin=0, vmax=1)
