@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -45,6 +46,8 @@ def test_ranges_read_as_they_check() -> None:
     assert [str(r) for r in ranges] == ["positive", "at least 1", "in [0, 1)", "in [0, 1]", "above 0.5", "at most 2"]
     assert 0 not in POSITIVE and 1e-9 in POSITIVE
     assert 0 in FRACTION and 1 not in FRACTION and 1 in Range(0, 1)
+    for open_ended in (Range(), POSITIVE, Range(high=2)):  # no option asks for NaN or infinity (lr inf trained NaNs)
+        assert 1 in open_ended and all(value not in open_ended for value in (math.inf, -math.inf, math.nan))
 
 
 @pytest.mark.parametrize(("values", "message"), [

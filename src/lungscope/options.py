@@ -8,6 +8,7 @@ declarations, each failure one line naming the key. ``lungscope.cli.flags`` turn
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 import types
 import typing
@@ -31,9 +32,10 @@ class Range:
     high_included: bool = True
 
     def __contains__(self, value: float) -> bool:
+        """Finite and within the ends (NaN and infinity never are: an option never asks for them)."""
         above = self.low is None or value > self.low or (self.low_included and value == self.low)
         below = self.high is None or value < self.high or (self.high_included and value == self.high)
-        return above and below
+        return math.isfinite(value) and above and below
 
     def __str__(self) -> str:
         """``positive``, ``at least 1``, ``in [0, 1)``: what the range asks for, after "must be"."""
