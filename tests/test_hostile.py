@@ -224,7 +224,7 @@ CASES: dict[str, str | None] = {
     "dicom-no-pixels": "no pixel data",
     "deflated-bomb": "too large: the deflated data inflates past",
     "deflated-huge-rows": "too large: 60000x60000x1 frames is 3,600,000,000 pixels",
-    "animated-gif": "not an image",
+    "animated-gif": "unsupported: a GIF image; save it as one of JPEG, PNG, TIFF, WebP, BMP or DICOM",
     "deflated-valid": None,
     "sixteen-bit-12-bit-png": None,
     "cmyk-jpeg": None,

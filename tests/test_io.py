@@ -426,6 +426,12 @@ BAD_FILES: dict[str, tuple[Callable[[Path], Path], str]] = {
         lambda d: _written(d / "g.dcm", bytes(128) + b"DICM" + b"\x02\x00\x10\x00UI" + bytes(40)), "no pixel data"
     ),
     "dicom_without_pixels": (lambda d: _write_dicom(d / "nopix", STORED12, pixel_data=False), "no pixel data"),
+    # formats lungscope does not read are named, with what to do
+    "heic_photo": (lambda d: _written(d / "IMG_0001.HEIC", b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + bytes(64)),
+                   "unsupported: a HEIC/HEIF or AVIF photo, as phones save them; save it as one of JPEG, PNG"),
+    "pdf": (lambda d: _written(d / "report.pdf", b"%PDF-1.7\n" + bytes(64)), "unsupported: a PDF document; save"),
+    "zip": (lambda d: _written(d / "study.png", b"PK\x03\x04" + bytes(64)),
+            "unsupported: a ZIP archive; extract its images first"),
 }
 
 

@@ -254,6 +254,24 @@ def _format_of(head: bytes) -> str | None:
     return None
 
 
+# Formats lungscope does not read, by their magic bytes: named in the refusal with what to do, so that a user knows
+_CONVERT = f"save it as one of {_FORMAT_NAMES}"
+_OTHER_FORMATS: tuple[tuple[bytes, str], ...] = (
+    (b"GIF8", f"a GIF image; {_CONVERT}"), (b"%PDF", f"a PDF document; {_CONVERT}"),
+    (b"\x00\x00\x00\x0cjP  ", f"a JPEG 2000 image; {_CONVERT}"), (b"\xffO\xffQ", f"a JPEG 2000 codestream; {_CONVERT}"),
+    (b"<svg", f"an SVG drawing; {_CONVERT}"), (b"PK\x03\x04", "a ZIP archive; extract its images first"),
+    (b"\x1f\x8b", "a gzip archive; extract its images first"),
+)
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"mif1", b"msf1", b"avif"})  # ISO base media "ftyp" brands
+
+
+def _other_format(head: bytes) -> str | None:
+    """What a file lungscope does not read is, and what to do, when its first bytes say so."""
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return f"a HEIC/HEIF or AVIF photo, as phones save them; {_CONVERT}"
+    return next((reason for magic, reason in _OTHER_FORMATS if head.startswith(magic)), None)
+
+
 def _identify(path: Path) -> str:
     """Check that the file is a regular file, readable and not empty; return its format by content."""
     if (problem := entry_problem(path)) is not None:
@@ -267,6 +285,8 @@ def _identify(path: Path) -> str:
     if size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
     fmt = _format_of(head)
+    if fmt is None and (other := _other_format(head)) is not None:
+        raise ImageReadError(path, f"unsupported: {other}")
     if fmt is None:
         raise ImageReadError(path, f"not an image: the content is not {_FORMAT_NAMES}")
     return fmt
