@@ -7,10 +7,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 
 from lungscope.data.audit import audit_dataset, find_duplicates
+from test_predict import _dicom
 
 REAL_COUNTS = {"NORMAL": 1341, "PNEUMONIA": 3875}
 
@@ -82,6 +84,20 @@ def test_bad_files_duplicates_and_symlinks(tmp_path: Path) -> None:
     assert [Path(s["path"]).name for s in report["skipped"]] == ["person9_virus_9.png"]
     assert report["sizes"] == {"96x72": 3, "80x80": 1}
     assert report["modes"] == {"L": 4}
+
+
+def test_a_lateral_dicom_in_a_training_folder_is_listed(tmp_path: Path) -> None:
+    """The audit lists what predict would refuse by a DICOM header: a lateral view among frontal ones."""
+    root = tmp_path / "collection"
+    frontal = _png(root / "NORMAL" / "IM-0001-0001.png", 10)
+    for name, view in (("IM-0002-0001.dcm", "PA"), ("IM-0003-0001.dcm", "LL")):
+        ds = pydicom.dcmread(_dicom(root / "NORMAL" / name, np.asarray(Image.open(frontal), np.float64) * 16))
+        ds.ViewPosition = view
+        ds.save_as(root / "NORMAL" / name)
+    report = audit_dataset(root, progress=False)
+    assert [(Path(u["path"]).name, u["error"]) for u in report["unreadable"]] == [(
+        "IM-0003-0001.dcm", "not a usable chest X-ray: the DICOM header says ViewPosition LL (a lateral view); "
+                            "lungscope reads frontal (PA or AP) chest radiographs")]
 
 
 def test_find_duplicates_ignores_same_size_different_content(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pandas as pd
 
 from lungscope.data.datasets import scan_dataset
 from lungscope.data.io import UNOPENABLE, read_image, verify_image
+from lungscope.data.plausibility import ImplausibleImageError, header_problem
 from lungscope.errors import ImageReadError
 from lungscope.progress import progress_bar
 from lungscope.text import format_table
@@ -23,10 +24,13 @@ _HASH_CHUNK = 1 << 20
 
 def _check(path: str) -> tuple[str, str | None, str | None]:
     """(path, "WxH|MODE" or None, error or None) for one file; never raises for a bad file. Beyond the integrity
-    check, the decoded image must be a usable chest X-ray with finite values, as predict requires."""
+    check, the decoded image must be a usable chest X-ray with finite values, and a DICOM file's header must not say
+    it is another modality, view or body part, as predict requires (predict's orientation check is not run here)."""
     try:
         info = verify_image(path)
-        read_image(path)
+        xray = read_image(path)
+        if (problem := header_problem(xray.meta)) is not None:
+            raise ImplausibleImageError(path, problem)
     except ImageReadError as error:
         return path, None, error.reason
     return path, f"{info.width}x{info.height}|{info.mode}", None
