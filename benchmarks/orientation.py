@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -51,14 +52,28 @@ def _batched(answer: Callable[[list[np.ndarray]], np.ndarray], images: list[np.n
     return np.concatenate([answer(images[i:i + 64]) for i in range(0, len(images), 64)])
 
 
+# Borders an exported or screenshotted X-ray may come with: (name, (left/right, top/bottom) as shares of the image's
+# width and height, grey value)
+BORDERS = (("black frame, 10% on each side", (0.1, 0.1), 0.0), ("white frame, 10% on each side", (0.1, 0.1), 1.0),
+           ("letterboxed to 16:9 in black", (0.39, 0.0), 0.0), ("letterboxed to 16:9 in mid grey", (0.39, 0.0), 0.5))
+
+
+def _framed(x: np.ndarray, sides: tuple[float, float], grey: float) -> np.ndarray:
+    across, down = round(sides[0] * x.shape[1]), round(sides[1] * x.shape[0])
+    return cv2.copyMakeBorder(x, down, down, across, across, cv2.BORDER_CONSTANT, value=grey)
+
+
 def _changes() -> list[tuple[str, Change]]:
-    """benchmarks/robustness.py's changes at its harshest level, and tilts beyond it, kept in [0, 1] as a file is."""
+    """benchmarks/robustness.py's changes at its harshest level, tilts beyond it and :data:`BORDERS`, kept in [0, 1] as
+    a file is."""
     changes: list[tuple[str, Change]] = [
         (f"{name} {levels[-1]:g} ({unit})", lambda x, i, name=name: np.clip(perturbed(x, name, 3, i), 0, 1))
         for name, (_, levels, unit) in PERTURBATIONS.items()]
-    return changes + [(f"rotation {d:g} (degrees)",
-                       lambda x, i, d=d: np.clip(at_level(x, "rotation", d, np.random.default_rng(i)), 0, 1))
-                      for d in (20.0, 30.0)]
+    tilts: list[tuple[str, Change]] = [
+        (f"rotation {d:g} (degrees)", lambda x, i, d=d: np.clip(at_level(x, "rotation", d, np.random.default_rng(i)),
+                                                                 0, 1)) for d in (20.0, 30.0)]
+    return changes + tilts + [(name, lambda x, i, sides=sides, grey=grey: _framed(x, sides, grey))
+                              for name, sides, grey in BORDERS]
 
 
 def _reasons(check: OrientationCheck, images: list[np.ndarray]) -> list[str | None]:
