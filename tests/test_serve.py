@@ -351,6 +351,8 @@ def test_page_states_in_chromium(server: str, chromium, tmp_path: Path) -> None:
                                "document.getElementById('xray').naturalWidth > 0", timeout=60_000)
         assert page.evaluate(_VISIBLE_IMAGES) == ["xray"]
         assert page.is_disabled("#method") and page.is_disabled("#opacity")  # no map to choose or fade
+        labels = page.eval_on_selector_all("#worklist .prob", "labels => labels.map(label => label.textContent)")
+        assert sorted(labels)[-2:] == ["error", "refused"]  # notes.png could not be read; sideways.png was refused
         assert page.eval_on_selector("#xray", "e => [e.naturalWidth, e.naturalHeight]") == list(reversed(upright))
         assert page.text_content("#verdict").startswith("sideways.png: not a usable chest X-ray: "
                                                         "it looks turned a quarter")
