@@ -152,6 +152,7 @@ def create_app(
     app = FastAPI(title="lungscope", description="Chest X-ray screening with the map of where the model looked.")
     app.add_middleware(BodyLimit, limit=max_upload)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+
     @app.exception_handler(RequestValidationError)
     async def malformed(request: Request, error: RequestValidationError) -> JSONResponse:
         """One line naming the field, as every other refusal; FastAPI's default lists each error with the input it
@@ -223,7 +224,7 @@ def create_app(
         """The map of ``method`` at the X-ray's own resolution: blended on it (``overlay``) or as a transparent
         PNG to lay over the image (``heatmap``)."""
         if method not in METHODS:
-            raise HTTPException(400, f"unknown method {display_name(method)!r}; choose one of {', '.join(METHODS)}")
+            raise HTTPException(400, f"unknown method {method[:_DISPLAY_NAME]!r}; choose one of {', '.join(METHODS)}")
         if view not in ("overlay", "heatmap") or not 0 <= alpha <= 1:
             raise HTTPException(400, "view must be overlay or heatmap and alpha within [0, 1]")
         with uploaded(file) as xray, explain_lock:
