@@ -217,6 +217,15 @@ def test_dicom_window_of_invalid_width_is_ignored(tmp_path: Path, width: float, 
     assert "window" not in xray.meta and "not a valid window width" in str(xray.meta["window_ignored"])
 
 
+def test_a_steep_sigmoid_window_reads_without_numpy_warnings(tmp_path: Path) -> None:
+    """pydicom's SIGMOID window overflows exp() far from its centre (a RuntimeWarning on the user's console)."""
+    path = _write_dicom(tmp_path / "s.dcm", STORED12, WindowCenter=2048, WindowWidth=2, VOILUTFunction="SIGMOID")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        xray = read_image(path)
+    assert np.array_equal(xray.pixels > 0.5, STORED12 > 2048)  # bright above the centre, dark below
+
+
 def test_dicom_voi_lut_preferred_over_window(tmp_path: Path) -> None:
     lut = np.round(np.sqrt(np.arange(4096) / 4095) * 4000 + 95).astype(int)  # outputs 95..4095, nominally 16 bits
     item = Dataset()

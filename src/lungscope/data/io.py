@@ -567,8 +567,9 @@ def _dicom_grey(path: Path, frame: np.ndarray, ds: Dataset, meta: dict[str, obje
         meta["voi"] = "VOI LUT"
     elif (window := _window(path, ds, meta)) is not None:
         meta["window"] = window
-        low, high = apply_windowing(np.array([-np.inf, np.inf]), ds)  # the window's output range
-        values = apply_windowing(values, ds)
+        with np.errstate(over="ignore"):  # a SIGMOID window's exp() overflows far from its centre, where it is flat
+            low, high = apply_windowing(np.array([-np.inf, np.inf]), ds)  # the window's output range
+            values = apply_windowing(values, ds)
         meta["voi"] = "window"
     else:
         low, high = sorted(apply_modality_lut(np.array(_stored_range(ds)), ds))
