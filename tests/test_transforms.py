@@ -66,6 +66,15 @@ def test_output_shape_and_dtype_on_non_square_input(tall: np.ndarray, resize: st
     assert out.dtype == torch.float32
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_an_array_with_non_finite_values_is_refused_not_answered_nan(tall: np.ndarray, bad: float) -> None:
+    """Through the Python API (Classifier.predict_arrays) such an array was answered with NaN probabilities."""
+    image = tall.copy()
+    image[3, 4] = bad
+    with pytest.raises(ValueError, match="non-finite values"):
+        build_transforms(64, train=False)(image)
+
+
 def test_input_array_is_not_modified(tall: np.ndarray) -> None:
     before = tall.copy()
     build_transforms(64, train=True, clahe=True)(tall)

@@ -322,7 +322,10 @@ def _to_tensor(pixels: np.ndarray) -> torch.Tensor:
     array = np.asarray(pixels)
     if array.ndim != 2 or array.size == 0:
         raise ValueError(f"expected a non-empty 2-D grayscale image array, got shape {array.shape}")
-    return torch.tensor(array, dtype=torch.float32).unsqueeze(0)
+    image = torch.tensor(array, dtype=torch.float32).unsqueeze(0)
+    if not torch.isfinite(image).all():  # else every probability of it would be NaN, with no word why
+        raise ValueError("the image array holds non-finite values (NaN or infinity)")
+    return image
 
 
 def _repeat_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
