@@ -27,7 +27,7 @@ from torch import nn
 from lungscope.bundled import ORIENTATION
 from lungscope.checkpoint import BEST, load_checkpoint
 from lungscope.data.io import XRay, read_image
-from lungscope.data.plausibility import ImplausibleImageError, header_problem
+from lungscope.data.plausibility import ImplausibleImageError, check_header
 from lungscope.models import create_model
 from lungscope.segmentation.segmenter import normalise, resized
 
@@ -165,6 +165,7 @@ def read_upright(path: str | os.PathLike[str]) -> XRay:
     that is sideways, upside down, a negative or not recognised, raise
     :class:`~lungscope.data.plausibility.ImplausibleImageError` saying why (and how to right a turned one)."""
     xray = read_image(path)
-    if (reason := header_problem(xray.meta) or default_check().problem(xray.pixels)) is not None:
+    check_header(str(path), xray.meta)
+    if (reason := default_check().problem(xray.pixels)) is not None:
         raise ImplausibleImageError(str(path), reason)
     return xray

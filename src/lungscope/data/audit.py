@@ -14,7 +14,7 @@ import pandas as pd
 
 from lungscope.data.datasets import scan_dataset
 from lungscope.data.io import UNOPENABLE, read_image, verify_image
-from lungscope.data.plausibility import ImplausibleImageError, header_problem
+from lungscope.data.plausibility import check_header
 from lungscope.errors import ImageReadError
 from lungscope.progress import progress_bar
 from lungscope.text import format_table
@@ -28,9 +28,7 @@ def _check(path: str) -> tuple[str, str | None, str | None]:
     it is another modality, view or body part, as predict requires (predict's orientation check is not run here)."""
     try:
         info = verify_image(path)
-        xray = read_image(path)
-        if (problem := header_problem(xray.meta)) is not None:
-            raise ImplausibleImageError(path, problem)
+        check_header(path, read_image(path).meta)
     except ImageReadError as error:
         return path, None, error.reason
     return path, f"{info.width}x{info.height}|{info.mode}", None

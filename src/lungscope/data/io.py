@@ -285,10 +285,10 @@ def _identify(path: Path) -> str:
     if size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
     fmt = _format_of(head)
-    if fmt is None and (other := _other_format(head)) is not None:
-        raise ImageReadError(path, f"unsupported: {other}")
     if fmt is None:
-        raise ImageReadError(path, f"not an image: the content is not {_FORMAT_NAMES}")
+        other = _other_format(head)
+        raise ImageReadError(path, f"unsupported: {other}" if other
+                             else f"not an image: the content is not {_FORMAT_NAMES}")
     return fmt
 
 

@@ -94,3 +94,9 @@ def check_plausible(path: str, pixels: np.ndarray, width: int, height: int) -> N
     """Raise :class:`ImplausibleImageError` when :func:`implausibility` finds a reason."""
     if (reason := implausibility(pixels, width, height)) is not None:
         raise ImplausibleImageError(path, reason)
+
+
+def check_header(path: str, meta: Mapping[str, object]) -> None:
+    """Raise :class:`ImplausibleImageError` when :func:`header_problem` finds a reason."""
+    if (reason := header_problem(meta)) is not None:
+        raise ImplausibleImageError(path, reason)
