@@ -20,6 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from pydicom import dcmwrite
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -496,6 +497,17 @@ def test_cli_predict_png_bomb_one_line_exit_2_bounded_memory(hostile: dict[str, 
     assert done.stdout.splitlines()[1:] == [line]
     assert "Traceback" not in done.stderr
     assert rss_kb * 1024 < MAX_RSS_BYTES, f"peak {rss_kb / 2**20:.2f} GB"
+
+
+def test_cli_reads_past_a_nonconformant_dicom_without_pydicom_warnings(tmp_path: Path) -> None:
+    """pydicom warns of an invalid IS value ('1A') and prints its source line; the user gets the file's one line."""
+    bad = get_testdata_file("badVR.dcm")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run([sys.executable, "-m", "lungscope.cli", "predict", bad], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 2
+    assert done.stdout.splitlines() == [f"{bad}: corrupt or unreadable: invalid literal for int() with base 10: '1A'"]
+    assert done.stderr.splitlines() == ["0 predicted, 1 could not be read"]
 
 
 def test_file_name_that_is_not_utf8_is_written_escaped_not_a_crash(xray: np.ndarray, tmp_path: Path) -> None:

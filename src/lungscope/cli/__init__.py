@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+import warnings
 from collections.abc import Sequence
 
 from lungscope import __version__
@@ -45,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(sys.stdout, io.TextIOWrapper):  # a file name that is not UTF-8 is printed escaped, not a crash
         sys.stdout.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
+    # pydicom warns of each departure from the standard it reads past (a malformed value, an undeclared VR), with
+    # its source line; the file is then read, or refused with its reason, which is what the user needs to see
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
     try:
         return args.func(args)
     except LungscopeError as error:
