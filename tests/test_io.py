@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 from pydicom import dcmread, dcmwrite
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
@@ -441,6 +442,9 @@ BAD_FILES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "pdf": (lambda d: _written(d / "report.pdf", b"%PDF-1.7\n" + bytes(64)), "unsupported: a PDF document; save"),
     "zip": (lambda d: _written(d / "study.png", b"PK\x03\x04" + bytes(64)),
             "unsupported: a ZIP archive; extract its images first"),
+    "dicom_data_set_without_file_header": (
+        lambda d: _written(d / "old.dcm", b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100" + bytes(64)),
+        "unsupported: a DICOM data set without the DICOM file header (its preamble and 'DICM')"),
 }
 
 
@@ -453,6 +457,13 @@ def test_bad_files_raise_image_read_error(tmp_path: Path, case: str, function: C
         function(path)
     assert str(caught.value).startswith(f"{path}: ") and caught.value.reason.startswith(reason)
     assert len(caught.value.reason) > 10
+
+
+@pytest.mark.parametrize("name", ["ExplVR_LitEndNoMeta.dcm", "ExplVR_BigEndNoMeta.dcm", "OT-PAL-8-face.dcm"])
+def test_a_real_dicom_data_set_without_its_file_header_is_named_as_such(name: str) -> None:
+    """pydicom's own files written without preamble and "DICM" (little- and big-endian, explicit and implicit VR)."""
+    with pytest.raises(ImageReadError, match="unsupported: a DICOM data set without the DICOM file header"):
+        read_image(get_testdata_file(name))
 
 
 @pytest.mark.parametrize("function", [read_image, verify_image])

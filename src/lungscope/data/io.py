@@ -265,10 +265,25 @@ _OTHER_FORMATS: tuple[tuple[bytes, str], ...] = (
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"mif1", b"msf1", b"avif"})  # ISO base media "ftyp" brands
 
 
+def _bare_dicom(head: bytes) -> bool:
+    """Whether the file starts as a DICOM data set does, without the file's preamble and "DICM": with a small element
+    of group 0002 or 0008 (little- or big-endian), then two VR letters or an implicit VR's length."""
+    if len(head) < 8:
+        return False
+    little = head[:2] in (b"\x02\x00", b"\x08\x00") and head[3] == 0
+    big = head[:3] in (b"\x00\x02\x00", b"\x00\x08\x00")
+    explicit = head[4:6].isalpha() and head[4:6].isupper()
+    implicit = int.from_bytes(head[4:8], "little" if little else "big") < 0x10000
+    return (little or big) and (explicit or implicit)
+
+
 def _other_format(head: bytes) -> str | None:
     """What a file lungscope does not read is, and what to do, when its first bytes say so."""
     if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
         return f"a HEIC/HEIF or AVIF photo, as phones save them; {_CONVERT}"
+    if _bare_dicom(head):
+        return ("a DICOM data set without the DICOM file header (its preamble and 'DICM'), as some older systems "
+                "write; export it again as a DICOM file")
     return next((reason for magic, reason in _OTHER_FORMATS if head.startswith(magic)), None)
 
 
