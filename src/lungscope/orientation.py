@@ -38,11 +38,14 @@ REFUSE_AT = 0.9  # the probability of one wrong orientation at which an image is
 # The recognition under which an image is refused as not a chest X-ray: the highest step of 0.05 that refuses none of
 # the shared X-rays as stored with a step to spare and at most 1 in 1,000 of the check's validation X-rays changed as
 # benchmarks/robustness.py changes them (benchmarks/orientation.py --split).
-RECOGNISED_AT = 0.2
+RECOGNISED_AT = 0.45
 NOT_RECOGNISED = "it does not look like a chest X-ray"
 # As it is, the probability of upright from which an image is answered without its other views: no picture that is
 # not an X-ray passes this way that the eight views would refuse (benchmarks/results/orientation.md)
 SURE_UPRIGHT = 0.999
+# Uniform bands along an image's edges (rows or columns whose grey levels span at most this) are trimmed before the
+# check looks, in training as in use: padding, a frame or a letterbox is not part of the X-ray
+BORDER_SPREAD = 0.02
 _TURNED = {1: "turned a quarter anticlockwise", 2: "upside down", 3: "turned a quarter clockwise"}
 _FIX = {1: "turn it a quarter clockwise", 2: "turn it half round", 3: "turn it a quarter anticlockwise"}
 
@@ -71,6 +74,40 @@ def _composed() -> np.ndarray:
 
 
 _COMPOSED = _composed()
+
+
+def _kept(uniform: np.ndarray, step: int, size: int) -> slice:
+    """The rows (or columns) of a side ``size`` between the leading and trailing runs of ``uniform``, which was judged
+    on every ``step``-th of them: a row no judged one shows to be band is kept."""
+    first = len(uniform) if uniform.all() else int(np.argmin(uniform))
+    last = 0 if uniform.all() else len(uniform) - int(np.argmin(uniform[::-1]))
+    return slice(max(0, (first - 1) * step + 1), min(size, last * step))
+
+
+def without_borders(image: np.ndarray) -> np.ndarray:
+    """A 2-D image without the uniform bands along its edges (rows or columns spanning at most :data:`BORDER_SPREAD`;
+    bands inside bands too, as a screen capture nests a viewer's black in a window's grey), as a view; kept whole when
+    what is left would be under a quarter of it (an image that blank is refused by its plausibility check).
+
+    Hand-written: Pillow's ``getbbox`` and OpenCV's ``boundingRect`` trim one background grey, while a letterboxed or
+    exported X-ray may have bands of different greys on different sides."""
+    kept = image
+    while True:
+        step = max(1, max(kept.shape) // 512)  # judged on a subsample: as uniform in a band, and cheap on a large film
+        sample = kept[::step, ::step]
+        rows = _kept(np.ptp(sample, axis=1) <= BORDER_SPREAD, step, kept.shape[0])
+        cols = _kept(np.ptp(sample, axis=0) <= BORDER_SPREAD, step, kept.shape[1])
+        if max(0, rows.stop - rows.start) * max(0, cols.stop - cols.start) < image.size / 4:
+            return image
+        if (rows.stop - rows.start, cols.stop - cols.start) == kept.shape:
+            return kept
+        kept = kept[rows, cols]
+
+
+def prepared(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
+    """The check's input, in training as in use: each 2-D [0, 1] image :func:`without_borders`, resized to ``size``
+    (``(N, 1, size, size)``)."""
+    return resized([without_borders(np.asarray(image)) for image in images], size)
 
 
 def views(model: nn.Module, batch: torch.Tensor, shown: Sequence[int] = range(len(ORIENTATIONS))) -> np.ndarray:
@@ -131,14 +168,15 @@ class OrientationCheck:
         return cls(model, int(state["image_size"]), {k: v for k, v in state.items() if k != "model"})
 
     def views(self, images: list[np.ndarray]) -> np.ndarray:
-        """:func:`views` of 2-D float [0, 1] images: ``(N, 8, 8)``; ``[:, 0]`` is each image's own answer."""
-        return views(self.model, resized(images, self.input_size))
+        """:func:`views` of 2-D float [0, 1] images (:func:`prepared`): ``(N, 8, 8)``; ``[:, 0]`` is each image's
+        own answer."""
+        return views(self.model, prepared(images, self.input_size))
 
     def reasons(self, images: list[np.ndarray]) -> list[str | None]:
         """Why each 2-D float [0, 1] image is refused (:func:`reason`), or None. Each is seen as it is first; only
         those not surely upright are shown in the other seven orientations (one pass instead of eight for nearly
         every chest X-ray)."""
-        batch = resized(images, self.input_size)
+        batch = prepared(images, self.input_size)
         as_is = views(self.model, batch, [0])
         unsure = np.flatnonzero(as_is[:, 0, 0] < SURE_UPRIGHT)
         found: list[str | None] = [None] * len(images)

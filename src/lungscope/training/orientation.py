@@ -25,9 +25,18 @@ from lungscope.data.splits import split_by_patient
 from lungscope.errors import DatasetError
 from lungscope.models import create_model, get_spec
 from lungscope.options import AT_LEAST_ONE, FRACTION, check_options, option
-from lungscope.orientation import NOT_RECOGNISED, ORIENTATIONS, OrientationCheck, orient, reason, refused, views
+from lungscope.orientation import (
+    NOT_RECOGNISED,
+    ORIENTATIONS,
+    OrientationCheck,
+    orient,
+    prepared,
+    reason,
+    refused,
+    views,
+)
 from lungscope.progress import progress_bar
-from lungscope.segmentation.segmenter import normalise, resized
+from lungscope.segmentation.segmenter import normalise
 from lungscope.training.engine import OneCycleOptions, fit_best_epoch
 from lungscope.training.run_folder import RunFolder
 
@@ -63,7 +72,7 @@ def _augment() -> v2.Compose:
     unlike the training set's; mirrored half the time, as a mirrored X-ray counts as upright."""
     return v2.Compose([
         v2.RandomHorizontalFlip(),
-        v2.RandomAffine(degrees=12, translate=(0.08, 0.08), scale=(0.7, 1.2)),
+        v2.RandomAffine(degrees=25, translate=(0.08, 0.08), scale=(0.7, 1.2)),
         v2.ColorJitter(brightness=0.3, contrast=0.5),
         v2.RandomApply([v2.GaussianBlur(9, sigma=(0.1, 2.5))], p=0.3),
     ])
@@ -110,7 +119,7 @@ def train_orientation(
 
     def load(part: str) -> torch.Tensor:
         paths = split.loc[split["split"] == part, "image"]
-        images = resized([read_image(p).pixels for p in paths], size)
+        images = prepared([read_image(p).pixels for p in paths], size)
         bar.update(len(paths))
         return images
 
