@@ -78,9 +78,10 @@ _COMPOSED = _composed()
 
 def _kept(uniform: np.ndarray, step: int, size: int) -> slice:
     """The rows (or columns) of a side ``size`` between the leading and trailing runs of ``uniform``, which was judged
-    on every ``step``-th of them: a row no judged one shows to be band is kept."""
-    first = len(uniform) if uniform.all() else int(np.argmin(uniform))
-    last = 0 if uniform.all() else len(uniform) - int(np.argmin(uniform[::-1]))
+    on every ``step``-th of them: a row no judged one shows to be band is kept. Empty when all are uniform."""
+    if uniform.all():
+        return slice(0, 0)
+    first, last = int(np.argmin(uniform)), len(uniform) - int(np.argmin(uniform[::-1]))
     return slice(max(0, (first - 1) * step + 1), min(size, last * step))
 
 
@@ -97,7 +98,7 @@ def without_borders(image: np.ndarray) -> np.ndarray:
         sample = kept[::step, ::step]
         rows = _kept(np.ptp(sample, axis=1) <= BORDER_SPREAD, step, kept.shape[0])
         cols = _kept(np.ptp(sample, axis=0) <= BORDER_SPREAD, step, kept.shape[1])
-        if max(0, rows.stop - rows.start) * max(0, cols.stop - cols.start) < image.size / 4:
+        if (rows.stop - rows.start) * (cols.stop - cols.start) < image.size / 4:
             return image
         if (rows.stop - rows.start, cols.stop - cols.start) == kept.shape:
             return kept
